@@ -1,0 +1,1 @@
+"""Pure-torch models: no lightning, hydra or omegaconf imports in this package."""
