@@ -1,0 +1,182 @@
+"""Instantiate `_target_` configs with checks that turn config mistakes into errors that name the fix.
+
+Hydra's `instantiate` is the registry; this module adds what it lacks: every YAML key must be an argument of its
+target, values must match the target's type hints, and facts that come from the data (`num_classes`,
+`vocab_size`, ...) are passed by code and must not also be typed in YAML.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+import inspect
+import types
+import typing
+from typing import Any, Callable, Literal, Mapping
+
+import hydra.utils
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from attnlab.errors import ConfigError
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _describe(target: Callable[..., Any]) -> str:
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+
+
+def _import_target(node: DictConfig, path: str) -> Callable[..., Any]:
+    name = node.get("_target_")
+    if not name:
+        raise ConfigError(f"{path}: no _target_; a config group file must name what it builds with _target_")
+    try:
+        return hydra.utils.get_object(name)
+    except Exception as err:  # ImportError, AttributeError, ...: all mean the same to the user
+        raise ConfigError(f"{path}._target_: cannot import '{name}' ({err})") from None
+
+
+def parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(parameters, type hints, accepts **kwargs) of what `target` builds.
+
+    A named-size builder such as `def vit_tiny(**kw) -> ViT` forwards to its return class, so its accepted
+    arguments are that class's (with defaults unknown: the builder may supply the required ones).
+    """
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return {}, {}, True
+    params = {n: p for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params.pop("self", None)
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: check names, skip types
+        hints = {}
+    returned = hints.pop("return", None)
+    if var_kw and not inspect.isclass(target) and inspect.isclass(returned):
+        inner, inner_hints, inner_var_kw = parameters(returned)
+        optional = {n: p.replace(default=None) for n, p in inner.items()}
+        return {**optional, **params}, {**inner_hints, **hints}, inner_var_kw
+    return params, hints, var_kw
+
+
+def matches(value: Any, ann: Any) -> bool:
+    """Whether a plain config value fits a type hint; unknown hints pass (the target checks them itself)."""
+    if ann is Any or ann is inspect.Parameter.empty:
+        return True
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if ann is type(None):
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args))
+        return not args or all(matches(v, args[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or ann in (dict, Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(ann)))
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def check(
+    node: DictConfig,
+    path: str,
+    facts: Mapping[str, Any] = types.MappingProxyType({}),
+    objects: Mapping[str, Any] = types.MappingProxyType({}),
+) -> Callable[..., Any]:
+    """Check a `_target_` node's keys and value types against its target; return the target."""
+    target = _import_target(node, path)
+    params, hints, var_kw = parameters(target)
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    for key, value in values.items():
+        if key in _HYDRA_KEYS:
+            continue
+        if key in objects:
+            raise ConfigError(f"{path}.{key} is built by attnlab and passed in; remove it from the config")
+        if key in facts and key in params:
+            raise ConfigError(
+                f"{path}.{key} comes from the data ({facts[key]!r}); remove it from the config (a fact is stated once)"
+            )
+        if key not in params:
+            if var_kw:
+                continue
+            valid = ", ".join(sorted(params)) or "(none)"
+            raise ConfigError(f"{path}.{key} is not an argument of {_describe(target)}; valid: {valid}")
+        ann = hints.get(key, inspect.Parameter.empty)
+        if not matches(value, ann):
+            raise ConfigError(f"{path}.{key}: expected {_type_name(ann)}, got {value!r} ({type(value).__name__})")
+    if not values.get("_partial_"):
+        missing = [
+            n
+            for n, p in params.items()
+            if p.default is inspect.Parameter.empty and n not in values and n not in facts and n not in objects
+        ]
+        if missing:
+            raise ConfigError(f"{path}: missing required argument(s) {', '.join(missing)} for {_describe(target)}")
+    return target
+
+
+def accepted(target: Callable[..., Any], facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of `facts` that `target` takes as arguments."""
+    params, _, _ = parameters(target)
+    return {k: v for k, v in facts.items() if k in params}
+
+
+def instantiate(node: DictConfig, path: str, facts: Mapping[str, Any] | None = None, **objects: Any) -> Any:
+    """Check and build a `_target_` node.
+
+    `facts` are plain values from upstream (the data) passed only where the target accepts them;
+    `objects` are built things (a model, an optimizer factory) passed as they are.
+    """
+    facts = facts or {}
+    target = check(node, path, facts, objects)
+    try:
+        factory = hydra.utils.instantiate(node, _partial_=True, _convert_="all")
+    except InstantiationException as err:
+        raise ConfigError(f"{path}: {err}") from None
+    kwargs = {**accepted(target, facts), **objects}
+    if OmegaConf.select(node, "_partial_"):
+        return functools.partial(factory, **kwargs)
+    try:
+        return factory(**kwargs)
+    except ValueError as err:  # models check their arguments and say how to fix them
+        raise ConfigError(f"{path} ({_describe(target)}): {err}") from err
+
+
+def assemble(cfg: DictConfig) -> tuple[Any, Any]:
+    """data -> model -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
+
+    Facts of the data (`num_classes`, `image_size`, `vocab_size`, ...) reach the model and the task from
+    `datamodule.facts()`, never from YAML.
+    """
+    datamodule = instantiate(cfg.data, "data")
+    facts = datamodule.facts()
+    model = instantiate(cfg.model, "model", facts)
+    if cfg.get("compile"):
+        model.compile()  # in place: state_dict keys stay those of the plain model
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    task = instantiate(cfg.task, "task", facts, model=model, optimizer=optimizer, scheduler=scheduler)
+    return datamodule, task

@@ -1,0 +1,61 @@
+"""Callbacks of attnlab's own; Lightning's (checkpointing, early stopping, ...) are configured in conf/callbacks."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class EpochSeed(Callback):
+    """Reseed every RNG from (seed, epoch, rank) when a training epoch starts.
+
+    Randomness inside an epoch (dropout, noise, augmentation) then depends on nothing that happened before it,
+    so a run resumed from an epoch-end checkpoint replays the interrupted epoch exactly (the shuffling order is
+    seeded per epoch by the data's sampler).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seed = (self.seed * 1_000_003 + trainer.current_epoch * 10_007 + trainer.global_rank) % 2**31
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also seeds CUDA
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    return batch_size(batch[0])
+
+
+class Throughput(Callback):
+    """Logs `train/samples_per_sec` (data loading included, validation excluded) and `train/epoch_time_s`."""
+
+    def __init__(self) -> None:
+        self._start = self._last = 0.0
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = time.perf_counter()
+        self._samples = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._samples += batch_size(batch)
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        elapsed = self._last - self._start
+        if self._samples and elapsed > 0:
+            pl_module.log("train/samples_per_sec", self._samples / elapsed)
+            pl_module.log("train/epoch_time_s", elapsed)

@@ -1,0 +1,123 @@
+"""Command-line entry points (`attnlab-train`, `attnlab-validate`, `attnlab-plot`).
+
+This module imports Hydra and OmegaConf only: `--help` and `--cfg job` must not pay for torch or Lightning
+(about 5 s), so the heavy modules are imported inside the job functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from attnlab.errors import AttnlabError
+
+log = logging.getLogger("attnlab")
+
+
+def repo_root() -> Path:
+    """The checkout that holds conf/ (the package is installed editable from it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def conf_dir() -> Path:
+    """Where the Hydra configs live: $ATTNLAB_CONF_DIR or <repo>/conf."""
+    path = Path(os.environ.get("ATTNLAB_CONF_DIR", repo_root() / "conf"))
+    if not (path / "train.yaml").is_file():
+        raise SystemExit(
+            f"attnlab: no configs at {path} (looked for train.yaml); install the package editable from the repo "
+            "(pip install -e .) or set ATTNLAB_CONF_DIR to the repo's conf/ folder"
+        )
+    return path
+
+
+def _run_dir(resume: str | None, fresh: str) -> str:
+    """hydra.run.dir: the run being resumed, else a fresh directory."""
+    return str(Path(resume).expanduser().resolve()) if resume else fresh
+
+
+def register_resolvers() -> None:
+    """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
+    resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
+        "attnlab_root": (lambda: str(repo_root()), True),
+        # Cached per config and copied by Hydra to every job of a sweep, so a sweep shares one id while two
+        # runs started in the same second never collide.
+        "attnlab_uid": (lambda: secrets.token_hex(3), True),
+        "attnlab_run_dir": (_run_dir, False),
+    }
+    for name, (fn, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
+
+
+register_resolvers()
+
+
+def is_multirun() -> bool:
+    """True inside a job of a Hydra multirun (a sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _guarded(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn user-fixable errors into one clear line and exit code 2; in a sweep, let the sweep go on."""
+
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return job(cfg)
+        except AttnlabError as err:
+            log.error("%s", err)
+            if is_multirun():
+                return float("nan")  # recorded as failed in the job's manifest; the sweep continues
+            sys.exit(2)
+
+    wrapper.__name__ = job.__name__
+    wrapper.__doc__ = job.__doc__
+    return wrapper
+
+
+@_guarded
+def _train_job(cfg: DictConfig) -> float | None:
+    from attnlab.train import train as run_training
+
+    return run_training(cfg)
+
+
+@_guarded
+def _validate_job(cfg: DictConfig) -> None:
+    from attnlab.validate import validate as run_validation
+
+    run_validation(cfg)
+
+
+@_guarded
+def _plot_job(cfg: DictConfig) -> None:
+    from attnlab.plots import plot_command
+
+    plot_command(cfg)
+
+
+def _main(job: Callable[[DictConfig], Any], config_name: str) -> Callable[[], Any]:
+    return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
+
+
+def train() -> Any:
+    """`attnlab-train` / app/train.py."""
+    return _main(_train_job, "train")()
+
+
+def validate() -> Any:
+    """`attnlab-validate` / val/validate.py."""
+    return _main(_validate_job, "validate")()
+
+
+def plot() -> Any:
+    """`attnlab-plot` / viz/plot.py."""
+    return _main(_plot_job, "plot")()

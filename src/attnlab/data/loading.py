@@ -1,0 +1,113 @@
+"""In-memory batching: a dataset that serves whole batches, an epoch-seeded sampler and the loader that joins them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+BatchTransform = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+class BatchedTensorDataset(Dataset):
+    """Tensors sharing their first dim, served a batch at a time with one index op and an optional batch transform."""
+
+    def __init__(self, *tensors: Tensor, transform: BatchTransform | None = None) -> None:
+        if not tensors:
+            raise ValueError("BatchedTensorDataset needs at least one tensor")
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise ValueError(f"all tensors must have the same first dim; got shapes {shapes}")
+        self.tensors = tensors
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
+        """Return the batch at `indices`; DataLoader calls this once per batch when the dataset defines it."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = tuple(t[index] for t in self.tensors)
+        return self.transform(batch) if self.transform is not None else batch
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return tuple(t[0] for t in self.__getitems__([i]))
+
+
+def collate(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Collate for BatchedTensorDataset: `__getitems__` already returns the batched tuple, so pass it through."""
+    return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Indices 0..n-1, shuffled by a private generator seeded with `seed + epoch` (never the global RNG)."""
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True) -> None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields; Lightning calls this before every epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        # A generator function: the order is drawn at the first next(), so a set_epoch made after
+        # iter(loader) but before the first batch still applies.
+        if not self.shuffle:
+            yield from range(self.n)
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.n, generator=generator).tolist()
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    trainer: Any = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose order depends only on (seed, epoch) and that never draws from the global torch RNG."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sampler: Sampler[int]
+    world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world_size > 1:
+        # Already distributed, so Lightning does not wrap or replace it; it still calls set_epoch.
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world_size,
+            rank=trainer.global_rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+    else:
+        sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+        # Each new iterator draws a base seed for its workers from this generator, not from the global RNG.
+        generator=torch.Generator().manual_seed(seed),
+    )

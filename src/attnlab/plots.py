@@ -1,0 +1,132 @@
+"""Matplotlib figures from logged metrics and test outputs; `viz/plot.py` draws them for a run."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from attnlab import runs  # noqa: E402
+from attnlab.errors import RunError  # noqa: E402
+
+log = logging.getLogger(__name__)
+_STAGES = ("train", "val", "test")
+_SKIP = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_best$|acc_class/|per_sec|time)")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(confusion: np.ndarray | Sequence, class_names: Sequence[str], path: Path) -> Path:
+    """Row-normalised confusion matrix with counts in the cells (rows: true class, columns: predicted)."""
+    cm = np.asarray(confusion, dtype=float)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def class_distribution(confusion: np.ndarray | Sequence, class_names: Sequence[str], path: Path) -> Path:
+    """True vs predicted counts per class (the confusion matrix's row and column sums)."""
+    cm = np.asarray(confusion, dtype=float)
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(class_names)), 3.2))
+    ax.bar(x - 0.2, cm.sum(axis=1), width=0.4, label="true")
+    ax.bar(x + 0.2, cm.sum(axis=0), width=0.4, label="predicted")
+    ax.set(xticks=x, xticklabels=class_names, ylabel="examples", title="class distribution")
+    ax.legend()
+    return _save(fig, path)
+
+
+def image_grid(rows: dict[str, "np.ndarray"], path: Path) -> Path:
+    """One row per entry (e.g. input / reconstruction / target), images (N, C, H, W) in [0, 1]."""
+    names = list(rows)
+    n = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        images = np.asarray(rows[name]).clip(0, 1)
+        for c in range(n):
+            img = images[c].transpose(1, 2, 0)  # (H, W, C)
+            axes[r, c].imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(name, fontsize=8, loc="left")
+    return _save(fig, path)
+
+
+def metric_groups(history: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{'loss': {'train': [...], 'val': [...]}, 'acc': {...}}: the per-epoch series of each metric by stage."""
+    groups: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    for key, series in history.items():
+        stage, _, name = key.partition("/")
+        if stage not in _STAGES or not name or _SKIP.search(key) or name.endswith("_step"):
+            continue
+        name = name.removesuffix("_epoch")
+        groups[name][stage] = series
+    return dict(groups)
+
+
+def curves(history: dict[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:
+    """One PNG per metric with its train and val curves against the training step."""
+    written = []
+    for name, by_stage in sorted(metric_groups(history).items()):
+        if set(by_stage) == {"test"}:
+            continue  # a single final number, not a curve
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        step_key = f"train/{name}_step"
+        if step_key in history and len(history[step_key]) > 1:
+            steps, values = zip(*history[step_key])
+            ax.plot(steps, values, color="tab:blue", alpha=0.25, lw=0.8, label="train (step)")
+        for stage in ("train", "val"):
+            if stage in by_stage:
+                steps, values = zip(*by_stage[stage])
+                ax.plot(steps, values, marker="o", ms=3, label=stage)
+        ax.set(xlabel="step", ylabel=name, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        written.append(_save(fig, out_dir / f"curve_{name.replace('/', '_')}.png"))
+    return written
+
+
+def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Curves of one run from its history.csv."""
+    history_path = run_dir / runs.HISTORY
+    if not history_path.is_file():
+        raise RunError(f"{run_dir} has no {runs.HISTORY} yet (the run logged nothing); train longer or check its manifest")
+    from attnlab.tracking import read_history
+
+    written = curves(read_history(history_path), out_dir or run_dir / runs.PLOTS)
+    if not written:
+        raise RunError(f"{history_path} holds no train/val metrics to plot")
+    return written
+
+
+def plot_command(cfg: DictConfig) -> list[Path]:
+    """viz/plot.py run=<dir>."""
+    if not cfg.get("run"):
+        raise RunError("say what to plot: python viz/plot.py run=<run dir>")
+    run_dir = runs.require_run(cfg.run)
+    written = plot_run(run_dir, Path(cfg.out) if cfg.get("out") else None)
+    for path in written:
+        log.info("wrote %s", path)
+    return written

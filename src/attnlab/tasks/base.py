@@ -1,0 +1,84 @@
+"""The LightningModule all tasks share: optimizer and schedule wiring, one `_step` for every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+Stage = Literal["train", "val", "test"]
+
+
+class Task(L.LightningModule):
+    """A thin wrapper around a pure-torch model: losses and metrics live here, never in the model."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Where test-time figures go (set by training and validation); None writes none.
+        self.figures_dir: Path | None = None
+        # Values that are not scalars (a confusion matrix, ...), filled at test time for the caller to save.
+        self.test_artifacts: dict[str, Any] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: Any, stage: Stage) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        # Weight decay on matrices and embeddings only: decaying biases and norm gains only hurts (nanoGPT).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "name": "decay"},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
+        ]
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return optimizer
+        schedule = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def figure_path(self, name: str) -> Path | None:
+        if self.figures_dir is None:
+            return None
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        return self.figures_dir / name
+
+    def publish_figure(self, key: str, path: Path) -> None:
+        """Send a saved figure to the trackers."""
+        from attnlab.tracking import log_figure
+
+        if self.trainer.is_global_zero:
+            log_figure(list(self.loggers), key, path)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def first_n(tensors: tuple[Tensor, ...], n: int) -> tuple[Tensor, ...]:
+    """Detached CPU copies of the first n rows, for figures."""
+    return tuple(t[:n].detach().float().cpu() for t in tensors)

@@ -1,0 +1,90 @@
+"""Classification: cross-entropy with optional label smoothing; accuracy, macro F1, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from attnlab.tasks.base import Stage, Task
+
+
+class ClassificationTask(Task):
+    """Any model that maps an input batch to logits (B, num_classes)."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[..., dict[str, Any]] | None = None,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.label_smoothing = label_smoothing
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
+        x, y = batch
+        logits = self.model(x)  # (B, C)
+        # Smoothing is a training regulariser; evaluation reports the plain cross-entropy.
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        preds = logits.argmax(dim=-1)
+        acc = getattr(self, f"{stage}_acc")
+        acc(preds, y)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        if stage != "train":
+            f1 = getattr(self, f"{stage}_f1")
+            f1(preds, y)
+            self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
+        if stage == "test":
+            self.test_class_acc.update(preds, y)
+            self.test_confusion.update(preds, y)
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # forget the sanity check's accuracy
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_class_acc.reset()
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_class_acc.compute()
+        for name, value in zip(self.class_names, per_class):
+            self.log(f"test/acc_class/{name}", value)
+        confusion = self.test_confusion.compute().cpu()
+        self.test_artifacts = {"confusion_matrix": confusion.tolist(), "class_names": self.class_names}
+        if not self.trainer.is_global_zero:
+            return
+        from attnlab import plots
+
+        for key, draw in (("confusion_matrix", plots.confusion_matrix), ("class_distribution", plots.class_distribution)):
+            path = self.figure_path(f"{key}.png")
+            if path is not None:
+                draw(confusion, self.class_names, path)
+                self.publish_figure(f"test/{key}", path)

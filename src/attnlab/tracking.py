@@ -1,0 +1,166 @@
+"""Trackers (`tracker=` group) and the local metrics history every run keeps.
+
+Every tracker builder takes its YAML arguments plus the same run context from code: `save_dir`, `name`,
+`run_id`, `group` (the sweep, if any), `tags` and `previous_id` (the tracker's id in the run being resumed).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class HistoryLogger(Logger):
+    """Appends every logged value to `<run>/history.csv` as (step, metric, value): crash-safe and tracker-free."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._file: Any = None
+        self._writer: Any = None
+
+    @property
+    def name(self) -> str:
+        return "history"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The resolved config.yaml already holds them."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self._file is None:
+            new = not self.path.exists()
+            self._file = self.path.open("a", newline="")
+            self._writer = csv.writer(self._file)
+            if new:
+                self._writer.writerow(["step", "metric", "value"])
+        for key, value in metrics.items():
+            self._writer.writerow([step, key, float(value)])
+        self._file.flush()  # a crash loses nothing that was logged
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """history.csv -> {metric: [(step, value), ...]} in logging order."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"]) if row["step"] not in ("", "None") else 0
+            series.setdefault(row["metric"], []).append((step, float(row["value"])))
+    return series
+
+
+def _wandb_configured() -> bool:
+    """A key or a server is configured: the only case where W&B may use the network."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_BASE_URL"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in hosts)
+
+
+def wandb(
+    *,
+    project: str = "attnlab",
+    entity: str | None = None,
+    mode: Literal["auto", "offline", "online"] = "auto",
+    log_model: bool = False,
+    save_dir: str,
+    name: str,
+    run_id: str,
+    group: str | None,
+    tags: list[str],
+    previous_id: str | None = None,
+) -> WandbLogger:
+    """W&B; `auto` goes online only when a key or server is configured (and WANDB_MODE does not say offline)."""
+    online = mode == "online" or (
+        mode == "auto" and _wandb_configured() and os.environ.get("WANDB_MODE", "") not in ("offline", "disabled")
+    )
+    return WandbLogger(
+        project=project,
+        entity=entity,
+        name=name,
+        id=previous_id or run_id,  # the same id on resume continues the same W&B run
+        resume="allow",
+        group=group,
+        tags=list(tags),
+        save_dir=save_dir,
+        offline=not online,
+        log_model=log_model,
+    )
+
+
+def csv_logger(*, save_dir: str, name: str, run_id: str, group: str | None, tags: list[str], previous_id: str | None = None) -> CSVLogger:
+    """Lightning's wide-format CSV (`<run>/csv/metrics.csv`)."""
+    return CSVLogger(save_dir=save_dir, name="csv", version="")
+
+
+def tensorboard(
+    *, save_dir: str, name: str, run_id: str, group: str | None, tags: list[str], previous_id: str | None = None
+) -> TensorBoardLogger:
+    """TensorBoard event files in `<run>/tensorboard` (`tensorboard --logdir results`)."""
+    return TensorBoardLogger(save_dir=save_dir, name="tensorboard", version="", default_hp_metric=False)
+
+
+def mlflow(
+    *,
+    experiment_name: str = "attnlab",
+    tracking_uri: str,
+    save_dir: str,
+    name: str,
+    run_id: str,
+    group: str | None,
+    tags: list[str],
+    previous_id: str | None = None,
+) -> MLFlowLogger:
+    """MLflow with a local store (no server); a sweep becomes its own experiment."""
+    return MLFlowLogger(
+        experiment_name=group or experiment_name,
+        run_name=name,
+        tracking_uri=tracking_uri,
+        tags={"attnlab.run_id": run_id, **({"attnlab.group": group} if group else {}), **{t: "" for t in tags}},
+        run_id=previous_id,
+    )
+
+
+def tracker_ids(trackers: Mapping[str, Logger]) -> dict[str, str]:
+    """Ids to store in the manifest, so a resume continues the same tracker runs."""
+    return {key: str(t.version) for key, t in trackers.items() if isinstance(t, (WandbLogger, MLFlowLogger))}
+
+
+def log_figure(loggers: list[Logger], key: str, path: Path) -> None:
+    """Send a saved PNG to the trackers that show images."""
+    for logger in loggers:
+        try:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=key, images=[str(path)])
+            elif isinstance(logger, TensorBoardLogger):
+                import numpy as np
+                from PIL import Image
+
+                logger.experiment.add_image(key, np.asarray(Image.open(path).convert("RGB")), dataformats="HWC")
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=Path(key).parent.as_posix())
+        except Exception as err:  # a tracker hiccup must never lose the run
+            log.warning("could not send %s to %s: %s", key, type(logger).__name__, err)

@@ -1,0 +1,78 @@
+"""Standalone validation of a saved run: `python val/validate.py run=<run dir> [ckpt=best|last|<path>] [split=test|val]`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from attnlab import build, runs
+from attnlab.errors import ConfigError, RunError
+
+log = logging.getLogger("attnlab")
+SPLITS = ("test", "val")
+
+
+def load_run(run_dir: str | Path, ckpt: str = "best", data_dir: str | None = None) -> tuple[DictConfig, Any, Any, Path]:
+    """Rebuild (config, datamodule, task with the checkpoint's weights, checkpoint path) from a run directory."""
+    path = runs.require_run(run_dir)
+    cfg = runs.load_config(path)
+    if data_dir:
+        cfg.data.data_dir = str(Path(data_dir).expanduser().resolve())
+    ckpt_path = runs.find_checkpoint(path, ckpt)
+    state = runs.load_checkpoint(ckpt_path)["state_dict"]
+    datamodule, task = build.assemble(cfg)
+    try:
+        task.load_state_dict(state)
+    except RuntimeError as err:
+        raise RunError(f"{ckpt_path} does not fit the model in {path / runs.CONFIG}: {str(err)[:400]}") from None
+    return cfg, datamodule, task, ckpt_path
+
+
+def _print_table(title: str, metrics: dict[str, float | None]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, "nan" if value is None else f"{value:.5g}")
+    Console().print(table)
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Compute the task's metrics on a split, write validation/<split>.json and its figures, print a table."""
+    if not cfg.get("run"):
+        raise ConfigError("say which run to validate: python val/validate.py run=<run dir>")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"unknown split '{cfg.split}'; choose one of: {', '.join(SPLITS)}")
+    run_cfg, datamodule, task, ckpt_path = load_run(cfg.run, str(cfg.ckpt), cfg.get("data_dir"))
+    run_dir = Path(run_cfg.paths.output_dir)
+    out_dir = run_dir / "validation"
+    task.figures_dir = out_dir / cfg.split
+    L.seed_everything(run_cfg.seed, verbose=False)
+    datamodule.prepare_data()
+    datamodule.setup("test" if cfg.split == "test" else "validate")
+    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=run_cfg.trainer.get("precision", "32-true"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(cfg.progress_bar),
+    )
+    results = trainer.test(task, dataloaders=loader, verbose=False)[0]
+    # The test loop logs under test/; name the numbers after the split they were computed on.
+    metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
+    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "metrics": metrics, **task.test_artifacts}
+    out_dir.mkdir(exist_ok=True)
+    runs.write_json(out_dir / f"{cfg.split}.json", report)
+    _print_table(f"{run_dir.name}: {cfg.split} ({ckpt_path.name})", metrics)
+    log.info("wrote %s and figures in %s", out_dir / f"{cfg.split}.json", task.figures_dir)
+    return report

@@ -1,0 +1,28 @@
+"""Shared fixtures: offline environment, a tiny fake MNIST, and the shared real data when present."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network or a tracking server.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def fake_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the four MNIST idx.gz files holding 512 train and 128 test learnable fake images."""
+    from attnlab.data.mnist import write_fake_mnist
+
+    return write_fake_mnist(tmp_path_factory.mktemp("mnist"), n_train=512, n_test=128)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data next to the repository (real datasets); skips the test when it is missing."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data not present")
+    return path

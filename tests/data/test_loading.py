@@ -1,0 +1,132 @@
+"""Tests for the in-memory batching pieces: BatchedTensorDataset, EpochShuffleSampler, make_loader."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from attnlab.data.loading import BatchedTensorDataset, EpochShuffleSampler, collate, make_loader
+
+
+class CountingDataset(BatchedTensorDataset):
+    """Counts how the DataLoader fetches: whole batches or single items."""
+
+    def __init__(self, *tensors, **kw):
+        super().__init__(*tensors, **kw)
+        self.batch_calls = 0
+        self.item_calls = 0
+
+    def __getitems__(self, indices):
+        self.batch_calls += 1
+        return super().__getitems__(indices)
+
+    def __getitem__(self, i):
+        self.item_calls += 1
+        return super().__getitem__(i)
+
+
+def _data(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(n * 3).view(n, 3), torch.arange(n)
+
+
+def _double(batch):
+    x, y = batch
+    return x * 2, y
+
+
+def test_dataset_item_and_batch():
+    x, y = _data()
+    ds = BatchedTensorDataset(x, y, transform=_double)
+    assert len(ds) == 50
+    xi, yi = ds[7]
+    assert torch.equal(xi, x[7] * 2) and yi.item() == 7
+    xb, yb = ds.__getitems__([3, 1, 4])
+    assert torch.equal(xb, x[[3, 1, 4]] * 2) and yb.tolist() == [3, 1, 4]
+
+
+def test_dataset_rejects_unequal_lengths():
+    with pytest.raises(ValueError, match="same first dim"):
+        BatchedTensorDataset(torch.zeros(3, 2), torch.zeros(4))
+
+
+def test_collate_passes_batch_through():
+    batch = (torch.zeros(2, 3), torch.ones(2))
+    assert collate(batch) is batch
+
+
+def test_loader_fetches_one_batch_per_call():
+    x, y = _data(50)
+    ds = CountingDataset(x, y, transform=_double)
+    loader = make_loader(ds, batch_size=16, shuffle=True, seed=0)
+    batches = list(loader)
+    assert ds.batch_calls == len(batches) == 4 and ds.item_calls == 0
+    assert [len(b[1]) for b in batches] == [16, 16, 16, 2]
+    seen = torch.cat([b[1] for b in batches])
+    assert sorted(seen.tolist()) == list(range(50))
+    for xb, yb in batches:
+        assert torch.equal(xb, x[yb] * 2)
+
+
+def test_loader_drop_last():
+    loader = make_loader(BatchedTensorDataset(*_data(50)), batch_size=16, shuffle=False, seed=0, drop_last=True)
+    assert len(loader) == 3 and sum(len(b[1]) for b in loader) == 48
+
+
+def test_sampler_is_permutation_and_depends_on_seed_and_epoch():
+    s = EpochShuffleSampler(100, seed=3)
+    first = list(s)
+    assert sorted(first) == list(range(100)) and first != list(range(100))
+    assert list(s) == first  # same (seed, epoch): same order
+    s.set_epoch(1)
+    second = list(s)
+    assert sorted(second) == list(range(100)) and second != first
+    again = EpochShuffleSampler(100, seed=3)
+    again.set_epoch(1)
+    assert list(again) == second  # a fresh sampler (e.g. after resume) at the same epoch agrees
+    assert list(EpochShuffleSampler(100, seed=4)) != first
+    assert list(EpochShuffleSampler(10, seed=3, shuffle=False)) == list(range(10))
+
+
+def test_sampler_draws_order_when_iteration_starts():
+    s = EpochShuffleSampler(30, seed=0)
+    it = iter(s)  # Lightning may create the iterator before calling set_epoch
+    s.set_epoch(5)
+    expected = EpochShuffleSampler(30, seed=0)
+    expected.set_epoch(5)
+    assert list(it) == list(expected)
+
+
+def test_loader_order_is_deterministic_per_epoch():
+    def order(epoch: int) -> list[int]:
+        loader = make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=11)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([b[1] for b in loader]).tolist()
+
+    assert order(0) == order(0) and order(1) == order(1) and order(0) != order(1)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_leaves_global_rng_alone(num_workers):
+    loader = make_loader(
+        BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=0, num_workers=num_workers
+    )
+    state = torch.get_rng_state()
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        batches = list(loader)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(40))
+
+
+def test_loader_uses_distributed_sampler_when_world_size_above_one():
+    trainer = SimpleNamespace(world_size=2, global_rank=1)
+    loader = make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=trainer)
+    sampler = loader.sampler
+    assert isinstance(sampler, DistributedSampler)
+    assert (sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.seed) == (2, 1, True, 5)
+    assert sum(len(b[1]) for b in loader) == 20
+    single = make_loader(
+        BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=SimpleNamespace(world_size=1)
+    )
+    assert isinstance(single.sampler, EpochShuffleSampler)

@@ -1,0 +1,170 @@
+"""The command lines as users run them: train, validate, plot, multirun, resume after SIGKILL, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+# Small and quiet: fake MNIST (512 train / 128 test), no rich widgets in captured output.
+FAST = [
+    "data.val_size=128",
+    "data.batch_size=32",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+    "~callbacks.model_summary",
+]
+
+
+@pytest.fixture
+def cli(tmp_path, fake_mnist_dir):
+    """Run one of the repo's scripts in a subprocess with results under tmp_path."""
+
+    def run(script: str, *args: str, expect: int | None = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"),
+            "ATTNLAB_DATA_DIR": str(fake_mnist_dir.parent),
+            "PYTHONPATH": str(REPO / "tests" / "helpers"),
+            "WANDB_MODE": "offline",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+        }
+        extra = [f"data.data_dir={fake_mnist_dir}", *FAST] if script == "app/train.py" else []
+        out = subprocess.run(
+            [sys.executable, str(REPO / script), *args, *extra],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        if expect is not None:
+            assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+        return out
+
+    run.results = tmp_path / "results"
+    return run
+
+
+def only_run(results: Path) -> Path:
+    (run_dir,) = list((results / "runs").iterdir())
+    return run_dir
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("experiment, metric", [("mnist_cnn", "test/acc"), ("mnist_ae", "test/mse"), ("mnist_vit", "test/acc")])
+def test_every_experiment_fast_dev_run(cli, experiment, metric):
+    cli("app/train.py", f"experiment={experiment}", "trainer.fast_dev_run=true")
+    run_dir = only_run(cli.results)
+    assert read(run_dir / "manifest.json")["status"] == "completed"
+    assert metric in read(run_dir / "metrics.json")
+
+
+def test_train_validate_plot_round_trip(cli):
+    cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=2", "tracker=[csv,tensorboard]")
+    run_dir = only_run(cli.results)
+    manifest = read(run_dir / "manifest.json")
+    assert manifest["status"] == "completed" and manifest["git"]["commit"] and manifest["versions"]["lightning"]
+    assert "app/train.py experiment=mnist_cnn" in manifest["command"]
+    metrics = read(run_dir / "metrics.json")
+    assert metrics["test/acc"] > 0.5, metrics  # the fake digits are learnable: chance is 0.1
+    for name in ("config.yaml", "history.csv", "checkpoints/last.ckpt", "plots/confusion_matrix.png", "plots/class_distribution.png"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.*")) and (run_dir / "csv" / "metrics.csv").is_file()
+
+    out = cli("val/validate.py", f"run={run_dir}")
+    report = read(run_dir / "validation" / "test.json")
+    # Validation rebuilds everything from config.yaml and the best checkpoint: it must reproduce the test numbers.
+    assert report["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert len(report["confusion_matrix"]) == 10 and (run_dir / "validation" / "test" / "confusion_matrix.png").is_file()
+    assert "test/acc" in out.stdout
+    cli("val/validate.py", f"run={run_dir}", "split=val", "ckpt=last")
+    assert "val/acc" in read(run_dir / "validation" / "val.json")["metrics"]
+
+    cli("viz/plot.py", f"run={run_dir}")
+    assert (run_dir / "plots" / "curve_loss.png").is_file() and (run_dir / "plots" / "curve_acc.png").is_file()
+
+
+def test_autoencoder_run_writes_reconstructions(cli):
+    cli("app/train.py", "experiment=mnist_ae", "trainer.max_epochs=1", "trainer.limit_train_batches=4")
+    run_dir = only_run(cli.results)
+    assert read(run_dir / "metrics.json")["test/mse"] < 0.25
+    assert (run_dir / "plots" / "reconstructions.png").is_file()
+    cli("val/validate.py", f"run={run_dir}")
+    assert (run_dir / "validation" / "test" / "reconstructions.png").is_file()
+
+
+def test_multirun_writes_one_sweep_with_four_jobs(cli):
+    cli("app/train.py", "-m", "model=cnn,mlp", "seed=1,2", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false")
+    (sweep,) = list((cli.results / "sweeps").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    manifests = [read(j / "manifest.json") for j in jobs]
+    assert all(m["status"] == "completed" and m["group"] == sweep.name for m in manifests)
+    assert len({m["run_id"] for m in manifests}) == 4
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path):
+    common = ["experiment=mnist_cnn", "trainer.max_epochs=3", "trainer.deterministic=true", "~callbacks.early_stopping"]
+    cli("app/train.py", *common, "name=straight")
+    # 384 train images / batch 32 = 12 steps per epoch: step 18 is the middle of the second epoch.
+    killed = cli("app/train.py", *common, "name=killed", "tracker=wandb",
+                 "+callbacks.killer._target_=killer.SigkillAtStep", "+callbacks.killer.step=18", expect=None)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    runs_by_name = {p.name.split("_")[2]: p for p in (cli.results / "runs").iterdir()}
+    straight, interrupted = runs_by_name["straight"], runs_by_name["killed"]
+    assert read(interrupted / "manifest.json")["status"] == "running"  # SIGKILL: nothing could record it
+    wandb_id = read(interrupted / "manifest.json")["trackers"]["wandb"]
+
+    cli("app/train.py", f"resume={interrupted}")
+    manifest = read(interrupted / "manifest.json")
+    assert manifest["status"] == "completed" and manifest["resumes"][0]["previous_status"] == "running"
+    assert manifest["trackers"]["wandb"] == wandb_id  # the same W&B run continues
+    expected, got = read(straight / "metrics.json"), read(interrupted / "metrics.json")
+    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert len(list((cli.results / "runs").iterdir())) == 2  # resumed in place
+
+
+def test_ddp_on_two_cpu_processes(cli):
+    cli("app/train.py", "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2", "test=false", timeout=600)
+    run_dir = only_run(cli.results)  # the second process joined the first one's run directory
+    assert read(run_dir / "manifest.json")["status"] == "completed"
+    assert "val/acc" in read(run_dir / "metrics.json")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=vitt"], "Could not find 'model/vitt'"),
+        (["model.channels=abc"], "model.channels: expected"),
+        (["+model.widht=3"], "model.widht is not an argument of attnlab.models.cnn.CNN"),
+        (["model=vit", "model.patch_size=5"], "patch_size"),
+        (["data.data_dir=/nonexistent/mnist"], "no MNIST files under /nonexistent/mnist"),
+        (["resume=/tmp"], "is not an attnlab run directory"),
+    ],
+)
+def test_bad_training_input_gives_a_clear_error(cli, args, message):
+    out = cli("app/train.py", *args, expect=None)
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr or args == ["model=vitt"]
+
+
+def test_bad_validation_input_gives_a_clear_error(cli, tmp_path):
+    out = cli("val/validate.py", f"run={tmp_path}", expect=2)
+    assert "is not an attnlab run directory" in out.stderr
+    cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false")
+    run_dir = only_run(cli.results)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:500])
+    out = cli("val/validate.py", f"run={run_dir}", f"ckpt={corrupt}", expect=2)
+    assert "cannot load checkpoint" in out.stderr
+    out = cli("val/validate.py", f"run={run_dir}", "split=train", expect=2)
+    assert "unknown split 'train'" in out.stderr

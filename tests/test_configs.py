@@ -1,0 +1,94 @@
+"""Every config option composes, and every key in it is a checked argument of its `_target_`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from attnlab import build
+from attnlab.cli import conf_dir
+from attnlab.errors import ConfigError
+
+CONF = conf_dir()
+MNIST_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 10, "class_names": [str(i) for i in range(10)]}
+TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/attnlab-compose", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # the ${hydra:...} resolvers need it
+        return cfg
+
+
+def check_all(cfg) -> None:
+    """What app/train.py instantiates, checked without training."""
+    build.check(cfg.data, "data")
+    model_target = build.check(cfg.model, "model", facts=MNIST_FACTS)
+    assert model_target is not None
+    build.check(cfg.optimizer, "optimizer")
+    if cfg.get("scheduler"):
+        build.check(cfg.scheduler, "scheduler")
+    build.check(cfg.task, "task", facts=MNIST_FACTS, objects={"model": 0, "optimizer": 0, "scheduler": 0})
+    build.check(cfg.trainer, "trainer", objects={"logger": 0, "callbacks": 0})
+    for key, node in (cfg.get("tracker") or {}).items():
+        build.check(node, f"tracker.{key}", objects=TRACKER_CONTEXT)
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if node:
+            build.check(node, f"callbacks.{key}")
+
+
+GROUP_OPTIONS = [
+    (group, option)
+    for group in ("model", "data", "task", "optimizer", "scheduler", "trainer", "tracker", "callbacks", "debug")
+    for option in options(group)
+]
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes_and_checks(group, option):
+    extra = ["task=reconstruction", "data.target=image"] if (group, option) == ("model", "autoencoder") else []
+    check_all(composed([f"{group}={option}", *extra]))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_checks(experiment):
+    cfg = composed([f"experiment={experiment}"])
+    check_all(cfg)
+    assert cfg.name == experiment
+
+
+def test_model_and_data_choices_compose_without_an_experiment():
+    cfg = composed(["model=vit", "data=mnist"])
+    assert cfg.model._target_.endswith("vit_tiny") and cfg.name == "mnist_vit"
+    check_all(cfg)
+
+
+def test_several_trackers_at_once():
+    cfg = composed(["tracker=[csv,wandb,tensorboard,mlflow]"])
+    assert set(cfg.tracker) == {"csv", "wandb", "tensorboard", "mlflow"}
+    check_all(cfg)
+
+
+def test_a_fact_typed_in_yaml_is_an_error():
+    cfg = composed(["+model.num_classes=5"])
+    with pytest.raises(ConfigError, match="model.num_classes comes from the data"):
+        build.check(cfg.model, "model", facts=MNIST_FACTS)
+
+
+def test_config_only_commands_do_not_import_torch_or_lightning():
+    code = (
+        "import sys; sys.argv = ['train', '--cfg', 'job']\n"
+        "import attnlab.cli as cli\n"
+        "try:\n    cli.train()\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
