@@ -44,6 +44,17 @@ def _run_dir(resume: str | None, fresh: str) -> str:
     return str(Path(resume).expanduser().resolve()) if resume else fresh
 
 
+def _choices(*groups: str, _root_: DictConfig) -> str:
+    """`${attnlab_choices:data,model}` -> "mnist_cnn": the chosen options, joined.
+
+    Reads the choices from the config root while Hydra's node is in it (a launcher naming a sweep directory),
+    else from the running job's HydraConfig.
+    """
+    node = _root_.get("hydra") if "hydra" in _root_ else None
+    choices = node.runtime.choices if node is not None else HydraConfig.get().runtime.choices
+    return "_".join(str(choices.get(group)) for group in groups)
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -52,6 +63,7 @@ def register_resolvers() -> None:
         # runs started in the same second never collide.
         "attnlab_uid": (lambda: secrets.token_hex(3), True),
         "attnlab_run_dir": (_run_dir, False),
+        "attnlab_choices": (_choices, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -73,7 +85,7 @@ def _guarded(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         try:
             return job(cfg)
         except AttnlabError as err:
-            log.error("%s", err)
+            print(f"error: {err}", file=sys.stderr, flush=True)  # one line, no traceback; runs also record it
             if is_multirun():
                 return float("nan")  # recorded as failed in the job's manifest; the sweep continues
             sys.exit(2)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,6 +76,17 @@ def _build_trackers(cfg: DictConfig, run_dir: Path, run_id: str, group: str | No
     return trackers
 
 
+def _build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The configured callbacks, less those the trainer switches off (`trainer.enable_progress_bar=false`)."""
+    switched_off = tuple(
+        kind
+        for kind, flag in ((ProgressBar, "enable_progress_bar"), (ModelSummary, "enable_model_summary"))
+        if cfg.trainer.get(flag) is False
+    )
+    callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
+    return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed)]
+
+
 def fit_and_test(cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str]) -> dict[str, Any]:
     """Build everything, fit, test; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -82,8 +94,7 @@ def fit_and_test(cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, prev
     task.figures_dir = run.dir / runs.PLOTS
     run_id, group, name = _run_identity(run.dir, cfg)
     trackers = _build_trackers(cfg, run.dir, run_id, group, name, previous_ids)
-    callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
-    callbacks.append(EpochSeed(cfg.seed))
+    callbacks = _build_callbacks(cfg)
     loggers = [HistoryLogger(run.dir / runs.HISTORY), *trackers.values()]
     trainer: L.Trainer = build.instantiate(cfg.trainer, "trainer", logger=loggers, callbacks=callbacks)
     if trainer.is_global_zero:

@@ -16,8 +16,6 @@ FAST = [
     "data.batch_size=32",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
-    "~callbacks.model_summary",
 ]
 
 
@@ -37,7 +35,7 @@ def cli(tmp_path, fake_mnist_dir):
         }
         extra = [f"data.data_dir={fake_mnist_dir}", *FAST] if script == "app/train.py" else []
         out = subprocess.run(
-            [sys.executable, str(REPO / script), *args, *extra],
+            [sys.executable, str(REPO / script), *extra, *args],  # the test's own arguments win
             cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
         )
         if expect is not None:
@@ -114,7 +112,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path):
     cli("app/train.py", *common, "name=straight")
     # 384 train images / batch 32 = 12 steps per epoch: step 18 is the middle of the second epoch.
     killed = cli("app/train.py", *common, "name=killed", "tracker=wandb",
-                 "+callbacks.killer._target_=killer.SigkillAtStep", "+callbacks.killer.step=18", expect=None)
+                 "+callbacks.killer._target_=killer.SigkillAtStep", "+callbacks.killer.step=18",
+                 f"+callbacks.killer.marker={tmp_path / 'killed'}", expect=None)
     assert killed.returncode == -9, killed.stderr[-3000:]
     runs_by_name = {p.name.split("_")[2]: p for p in (cli.results / "runs").iterdir()}
     straight, interrupted = runs_by_name["straight"], runs_by_name["killed"]

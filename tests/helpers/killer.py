@@ -1,15 +1,21 @@
-"""A callback that SIGKILLs its own process at a given global step: a crash nothing can catch (tests only)."""
+"""A callback that SIGKILLs its own process at a given global step: a crash nothing can catch (tests only).
+
+It fires once: the marker file it leaves stops it in the resumed run, which replays the same config.
+"""
 
 import os
 import signal
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
 
 class SigkillAtStep(Callback):
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, marker: str) -> None:
         self.step = step
+        self.marker = Path(marker)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= self.step:
+        if trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)

@@ -39,7 +39,8 @@ def onecycle(
     scheduler = OneCycleLR(
         optimizer,
         max_lr=max_lr,
-        total_steps=total_steps,
+        # torch divides by zero when a phase is under two steps; only tiny debug runs are that short.
+        total_steps=max(total_steps, math.ceil(2 / min(pct_start, 1 - pct_start)) + 1),
         pct_start=pct_start,
         div_factor=div_factor,
         final_div_factor=final_div_factor,
