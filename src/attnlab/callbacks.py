@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import Any
@@ -10,6 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger("attnlab")
 
 
 class EpochSeed(Callback):
@@ -59,3 +62,18 @@ class Throughput(Callback):
         if self._samples and elapsed > 0:
             pl_module.log("train/samples_per_sec", self._samples / elapsed)
             pl_module.log("train/epoch_time_s", elapsed)
+
+
+class EpochSummary(Callback):
+    """One log line per epoch with the epoch's metrics: progress in log files, where no progress bar draws."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        shown = {
+            k: float(v)
+            for k, v in sorted(trainer.callback_metrics.items())
+            if k.startswith(("train/", "val/")) and not k.endswith("_step") and "/lr" not in k
+        }
+        text = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        log.info("epoch %d/%d  %s", trainer.current_epoch + 1, trainer.max_epochs, text)

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from attnlab.errors import AttnlabError
 
 log = logging.getLogger("attnlab")
+# Lightning-internal deprecation noise a user cannot act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def repo_root() -> Path:

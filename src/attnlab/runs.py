@@ -63,7 +63,7 @@ def git_state(root: Path) -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    status = git("status", "--porcelain") if commit else None  # new, un-ignored files count: they may be code
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from attnlab.tracking import read_history
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 # Small and quiet: fake MNIST (512 train / 128 test), no rich widgets in captured output.
@@ -95,6 +97,23 @@ def test_autoencoder_run_writes_reconstructions(cli):
     assert (run_dir / "plots" / "reconstructions.png").is_file()
     cli("val/validate.py", f"run={run_dir}")
     assert (run_dir / "validation" / "test" / "reconstructions.png").is_file()
+
+
+def test_all_trackers_at_once_and_starting_from_a_checkpoint(cli):
+    cli("app/train.py", "experiment=mnist_ae", "tracker=all", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+    first = only_run(cli.results)
+    assert list((first / "wandb").glob("offline-run-*")), "W&B must write an offline run"
+    assert list((first / "tensorboard").glob("events.*")) and (first / "csv" / "metrics.csv").is_file()
+    mlflow_runs = [p for p in (cli.results / "mlruns").rglob("meta.yaml") if p.parent.name == read(first / "manifest.json")["trackers"]["mlflow"]]
+    assert mlflow_runs, "MLflow must record the run in the local store"
+    assert set(read(first / "manifest.json")["trackers"]) == {"wandb", "mlflow"}
+
+    cli("app/train.py", "experiment=mnist_ae", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3", "tracker=none")
+    second = next(p for p in (cli.results / "runs").iterdir() if p != first)
+    history = read_history(second / "history.csv")
+    assert "val/mse" in history and read(second / "manifest.json")["status"] == "completed"
+    assert {value for _, value in history["epoch"]} == {1.0}  # it went on from epoch 1, not from scratch
 
 
 def test_multirun_writes_one_sweep_with_four_jobs(cli):

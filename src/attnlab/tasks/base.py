@@ -48,13 +48,7 @@ class Task(L.LightningModule):
         return self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        # Weight decay on matrices and embeddings only: decaying biases and norm gains only hurts (nanoGPT).
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "name": "decay"},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
-        ]
-        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        optimizer = self.optimizer_factory(param_groups(self.model))
         if self.scheduler_factory is None:
             return optimizer
         schedule = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
@@ -72,6 +66,16 @@ class Task(L.LightningModule):
 
         if self.trainer.is_global_zero:
             log_figure(list(self.loggers), key, path)
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on matrices and embeddings only: decaying biases and norm gains only hurts (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "name": "decay"},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def count_parameters(model: nn.Module) -> int:

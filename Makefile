@@ -1,0 +1,33 @@
+# Two commands do all the set-up:   make train   (install + the default experiment)   make test   (install + tests)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Data: ../shared/data when it sits beside the checkout (CI, the team's machines), else ./data (filled from the hub).
+export ATTNLAB_DATA_DIR ?= $(abspath $(firstword $(wildcard ../shared/data) data))
+ARGS ?=
+
+.PHONY: install train test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+train: install
+	$(BIN)/python app/train.py experiment=mnist_cnn $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+bench: install
+	$(BIN)/python scripts/bench_overhead.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) src/*.egg-info .pytest_cache
