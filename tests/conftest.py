@@ -26,3 +26,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def fake_imdb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder with imdb/{train,test}.jsonl.gz: 400 train and 200 test learnable fake reviews."""
+    from attnlab.data.imdb import write_fake_imdb
+
+    root = tmp_path_factory.mktemp("textdata")
+    write_fake_imdb(root / "imdb", n_train=400, n_test=200)
+    return root

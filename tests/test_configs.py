@@ -14,6 +14,14 @@ from attnlab.errors import ConfigError
 
 CONF = conf_dir()
 MNIST_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 10, "class_names": [str(i) for i in range(10)]}
+IMDB_FACTS = {"vocab_size": 30000, "pad_id": 0, "max_len": 256, "num_classes": 2, "class_names": ["negative", "positive"]}
+FACTS = {"attnlab.data.mnist.MNISTDataModule": MNIST_FACTS, "attnlab.data.imdb.IMDBDataModule": IMDB_FACTS}
+# Options that only make sense with another data set than the default (MNIST).
+NEEDS = {
+    **{("model", m): ["data=imdb"] for m in ("rnn", "lstm", "gru", "encoder", "bert", "roberta", "distilbert", "hf_classifier")},
+    ("model", "autoencoder"): ["task=reconstruction", "data.target=image"],
+    ("data", "imdb"): ["model=lstm"],
+}
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 
 
@@ -30,13 +38,14 @@ def composed(overrides: list[str]):
 
 def check_all(cfg) -> None:
     """What app/train.py instantiates, checked without training."""
-    build.check(cfg.data, "data")
-    model_target = build.check(cfg.model, "model", facts=MNIST_FACTS)
+    build.check(cfg.data, "data")  # nested objects too (data.tokenizer)
+    facts = FACTS[cfg.data._target_]
+    model_target = build.check(cfg.model, "model", facts=facts)
     assert model_target is not None
     build.check(cfg.optimizer, "optimizer")
     if cfg.get("scheduler"):
         build.check(cfg.scheduler, "scheduler")
-    build.check(cfg.task, "task", facts=MNIST_FACTS, objects={"model": 0, "optimizer": 0, "scheduler": 0})
+    build.check(cfg.task, "task", facts=facts, objects={"model": 0, "optimizer": 0, "scheduler": 0})
     build.check(cfg.trainer, "trainer", objects={"logger": 0, "callbacks": 0})
     for key, node in (cfg.get("tracker") or {}).items():
         build.check(node, f"tracker.{key}", objects=TRACKER_CONTEXT)
@@ -49,13 +58,16 @@ GROUP_OPTIONS = [
     (group, option)
     for group in ("model", "data", "task", "optimizer", "scheduler", "trainer", "tracker", "callbacks", "debug")
     for option in options(group)
-]
+] + [("tokenizer@data.tokenizer", option) for option in options("tokenizer")]
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_checks(group, option):
-    extra = ["task=reconstruction", "data.target=image"] if (group, option) == ("model", "autoencoder") else []
-    check_all(composed([f"{group}={option}", *extra]))
+    extra = ["data=imdb", "model=bert"] if group.startswith("tokenizer") else NEEDS.get((group, option), [])
+    cfg = composed([*extra, f"{group}={option}"])
+    check_all(cfg)
+    if group.startswith("tokenizer"):
+        assert cfg.data.tokenizer._target_.startswith("attnlab.data.tokenizers.")
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -81,6 +93,18 @@ def test_a_fact_typed_in_yaml_is_an_error():
     cfg = composed(["+model.num_classes=5"])
     with pytest.raises(ConfigError, match="model.num_classes comes from the data"):
         build.check(cfg.model, "model", facts=MNIST_FACTS)
+    cfg = composed(["experiment=imdb_bert", "+model.vocab_size=100"])
+    with pytest.raises(ConfigError, match="model.vocab_size comes from the data"):
+        build.check(cfg.model, "model", facts=IMDB_FACTS)
+
+
+def test_nested_tokenizer_keys_are_checked():
+    cfg = composed(["data=imdb", "+data.tokenizer.max_vocbe=5"])
+    with pytest.raises(ConfigError, match="data.tokenizer.max_vocbe is not an argument of attnlab.data.tokenizers.WordTokenizer"):
+        check_all(cfg)
+    cfg = composed(["experiment=imdb_roberta", "tokenizer@data.tokenizer=gpt2", "data.tokenizer.add_specials=maybe"])
+    with pytest.raises(ConfigError, match="data.tokenizer.add_specials: expected bool"):
+        check_all(cfg)
 
 
 def test_config_only_commands_do_not_import_torch_or_lightning():

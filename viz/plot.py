@@ -1,4 +1,4 @@
-"""Plot a run's curves: python viz/plot.py run=<run dir>."""
+"""Plot a run's curves or a sweep's results: python viz/plot.py run=<run dir> | sweep=<sweep dir>."""
 
 from attnlab.cli import plot
 

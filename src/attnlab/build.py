@@ -12,6 +12,7 @@ import functools
 import inspect
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import hydra.utils
@@ -124,6 +125,9 @@ def check(
                 continue
             valid = ", ".join(sorted(params)) or "(none)"
             raise ConfigError(f"{path}.{key} is not an argument of {_describe(target)}; valid: {valid}")
+        if isinstance(value, dict) and "_target_" in value:
+            check(node[key], f"{path}.{key}")  # a nested object (a data module's tokenizer): checked the same way
+            continue
         ann = hints.get(key, inspect.Parameter.empty)
         if not matches(value, ann):
             raise ConfigError(f"{path}.{key}: expected {_type_name(ann)}, got {value!r} ({type(value).__name__})")
@@ -165,13 +169,16 @@ def instantiate(node: DictConfig, path: str, facts: Mapping[str, Any] | None = N
         raise ConfigError(f"{path} ({_describe(target)}): {err}") from err
 
 
-def assemble(cfg: DictConfig) -> tuple[Any, Any]:
+def assemble(cfg: DictConfig, artifacts: Path | None = None) -> tuple[Any, Any]:
     """data -> model -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
 
     Facts of the data (`num_classes`, `image_size`, `vocab_size`, ...) reach the model and the task from
-    `datamodule.facts()`, never from YAML.
+    `datamodule.facts()`, never from YAML. `artifacts`: a run directory whose saved data artifacts (a trained
+    tokenizer) the data module reuses, if it has `load_artifacts(run_dir)`; see `save_artifacts` in train.py.
     """
     datamodule = instantiate(cfg.data, "data")
+    if artifacts is not None and hasattr(datamodule, "load_artifacts"):
+        datamodule.load_artifacts(artifacts)
     facts = datamodule.facts()
     model = instantiate(cfg.model, "model", facts)
     if cfg.get("compile"):

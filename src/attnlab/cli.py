@@ -42,8 +42,10 @@ def conf_dir() -> Path:
     return path
 
 
-def _run_dir(resume: str | None, fresh: str) -> str:
+def _run_dir(resume: Any, fresh: str) -> str:
     """hydra.run.dir: the run being resumed, else a fresh directory."""
+    if isinstance(resume, bool):  # `resume=true` names no run; only a sweep resumes in place (checked by train)
+        return fresh
     return str(Path(resume).expanduser().resolve()) if resume else fresh
 
 
@@ -58,6 +60,13 @@ def _choices(*groups: str, _root_: DictConfig) -> str:
     return "_".join(str(choices.get(group)) for group in groups)
 
 
+def _job_gpu(n_gpus: int) -> int:
+    """`${attnlab_job_gpu:4}` -> this sweep job's GPU, job number modulo the GPU count (0 outside a sweep)."""
+    job = HydraConfig.get().job if HydraConfig.initialized() else None
+    num = job.get("num") if job is not None else None
+    return int(num) % int(n_gpus) if isinstance(num, int) else 0
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -67,6 +76,7 @@ def register_resolvers() -> None:
         "attnlab_uid": (lambda: secrets.token_hex(3), True),
         "attnlab_run_dir": (_run_dir, False),
         "attnlab_choices": (_choices, False),
+        "attnlab_job_gpu": (_job_gpu, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -82,20 +92,43 @@ def is_multirun() -> bool:
 
 
 def _guarded(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn user-fixable errors into one clear line and exit code 2; in a sweep, let the sweep go on."""
+    """Turn user-fixable errors into one clear line and exit code 2; in a sweep, record any failure and go on.
+
+    Hydra's sweepers re-raise a failed job's exception after its batch, which stops the sweep and skips the
+    summary; so in a multirun a job that raises returns NaN instead (the job's manifest records the error, and
+    the Optuna sweeper marks the trial failed). A dry run (`dry_run=true`) is meant to fail loudly: it re-raises.
+    """
 
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return job(cfg)
-        except AttnlabError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)  # one line, no traceback; runs also record it
+        except Exception as err:
             if is_multirun():
-                return float("nan")  # recorded as failed in the job's manifest; the sweep continues
+                return _failed_job(cfg, err)
+            if not isinstance(err, AttnlabError):
+                raise
+            print(f"error: {err}", file=sys.stderr, flush=True)  # one line, no traceback; runs also record it
             sys.exit(2)
 
     wrapper.__name__ = job.__name__
     wrapper.__doc__ = job.__doc__
     return wrapper
+
+
+def _failed_job(cfg: DictConfig, err: Exception) -> float:
+    """A sweep job raised: log it (traceback unless the user can fix it from the message), record it, return NaN."""
+    job = HydraConfig.get().job
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    if isinstance(err, AttnlabError):
+        log.error("job %s failed [%s]: %s", job.num, overrides, err)
+    else:
+        log.error("job %s failed [%s]: %s: %s", job.num, overrides, type(err).__name__, err, exc_info=err)
+    if cfg.get("dry_run"):
+        raise err
+    from attnlab import runs
+
+    runs.record_failure(Path(HydraConfig.get().runtime.output_dir), err, overrides=list(HydraConfig.get().overrides.task))
+    return float("nan")
 
 
 @_guarded

@@ -113,20 +113,23 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     history_path = run_dir / runs.HISTORY
     if not history_path.is_file():
         raise RunError(f"{run_dir} has no {runs.HISTORY} yet (the run logged nothing); train longer or check its manifest")
-    from attnlab.tracking import read_history
-
-    written = curves(read_history(history_path), out_dir or run_dir / runs.PLOTS)
+    written = curves(runs.read_history(history_path), out_dir or run_dir / runs.PLOTS)
     if not written:
         raise RunError(f"{history_path} holds no train/val metrics to plot")
     return written
 
 
 def plot_command(cfg: DictConfig) -> list[Path]:
-    """viz/plot.py run=<dir>."""
-    if not cfg.get("run"):
-        raise RunError("say what to plot: python viz/plot.py run=<run dir>")
-    run_dir = runs.require_run(cfg.run)
-    written = plot_run(run_dir, Path(cfg.out) if cfg.get("out") else None)
+    """viz/plot.py run=<dir> | sweep=<dir>."""
+    if bool(cfg.get("run")) == bool(cfg.get("sweep")):
+        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py sweep=<sweep dir>")
+    out = Path(cfg.out) if cfg.get("out") else None
+    if cfg.get("sweep"):
+        from attnlab.sweep_plots import plot_sweep
+
+        written = plot_sweep(Path(cfg.sweep), out)
+    else:
+        written = plot_run(runs.require_run(cfg.run), out)
     for path in written:
         log.info("wrote %s", path)
     return written

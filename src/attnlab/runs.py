@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -50,6 +51,16 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"cannot read {path}: {err}") from None
+
+
+def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """history.csv -> {metric: [(step, value), ...]} in logging order."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"]) if row["step"] not in ("", "None") else 0
+            series.setdefault(row["metric"], []).append((step, float(row["value"])))
+    return series
 
 
 def git_state(root: Path) -> dict[str, Any]:
@@ -96,7 +107,7 @@ class Run:
     def manifest_path(self) -> Path:
         return self.dir / MANIFEST
 
-    def start(self, cfg: DictConfig, *, run_id: str, group: str | None, root: Path) -> None:
+    def start(self, cfg: DictConfig, *, run_id: str, group: str | None, root: Path, overrides: list[str] | None = None) -> None:
         """Write config.yaml and a manifest with status `running` (a SIGKILL leaves it so)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / CHECKPOINTS).mkdir(exist_ok=True)
@@ -108,6 +119,7 @@ class Run:
                 "group": group,
                 "status": "running",
                 "command": shlex.join([sys.executable, *sys.argv]),
+                "overrides": list(overrides or []),  # this job's own overrides (in a sweep: the job's, not the sweep's)
                 "cwd": os.getcwd(),
                 "git": git_state(root),
                 "versions": package_versions(),
@@ -138,14 +150,24 @@ class Run:
         """Record the final status (`completed`, `failed`, `interrupted`) and metrics."""
         fields: dict[str, Any] = {"status": status, "end": _now()}
         if error is not None:
-            fields["error"] = {
-                "type": type(error).__name__,
-                "message": str(error),
-                "traceback": "".join(traceback.format_exception(error))[-4000:],
-            }
+            fields["error"] = describe_error(error)
         if metrics is not None:
             write_json(self.dir / METRICS, finite_metrics(metrics))
         self.update(**fields)
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """An exception as the manifest stores it."""
+    return {"type": type(error).__name__, "message": str(error), "traceback": "".join(traceback.format_exception(error))[-4000:]}
+
+
+def record_failure(run_dir: Path, error: BaseException, *, overrides: list[str]) -> None:
+    """A sweep job that failed before its run started (no manifest yet) still gets one, saying why."""
+    if (run_dir / MANIFEST).is_file():
+        return  # training recorded it
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"status": "failed", "overrides": overrides, "start": _now(), "end": _now(), "error": describe_error(error)}
+    write_json(run_dir / MANIFEST, manifest)
 
 
 def require_run(path: str | Path) -> Path:

@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from attnlab.runs import read_history  # noqa: F401  (its home is runs.py: readers need no Lightning)
+
 log = logging.getLogger(__name__)
 
 
@@ -57,16 +59,6 @@ class HistoryLogger(Logger):
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def read_history(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """history.csv -> {metric: [(step, value), ...]} in logging order."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    with Path(path).open(newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(row["step"]) if row["step"] not in ("", "None") else 0
-            series.setdefault(row["metric"], []).append((step, float(row["value"])))
-    return series
 
 
 def _wandb_configured() -> bool:

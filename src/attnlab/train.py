@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import build, runs
+from attnlab import build, runs, sweeps
 from attnlab.callbacks import EpochSeed
 from attnlab.cli import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
@@ -90,7 +91,10 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
 def fit_and_test(cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str]) -> dict[str, Any]:
     """Build everything, fit, test; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, task = build.assemble(cfg)
+    # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
+    datamodule, task = build.assemble(cfg, artifacts=run.dir)
+    if _is_rank_zero() and hasattr(datamodule, "save_artifacts"):
+        datamodule.save_artifacts(run.dir)
     task.figures_dir = run.dir / runs.PLOTS
     run_id, group, name = _run_identity(run.dir, cfg)
     trackers = _build_trackers(cfg, run.dir, run_id, group, name, previous_ids)
@@ -116,22 +120,71 @@ def fit_and_test(cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, prev
     return metrics
 
 
+def dry_run(cfg: DictConfig) -> None:
+    """`dry_run=true`: build data module, model, task, callbacks and trainer, then stop: no fit, no run recorded.
+
+    Trackers are left out (they would create runs) and no data is read, so a bad override fails in seconds.
+    """
+    build.assemble(cfg)
+    build.instantiate(cfg.trainer, "trainer", logger=False, callbacks=_build_callbacks(cfg))
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    log.info("dry run ok: %s%s", cfg.name, f" [{overrides}]" if overrides else "")
+
+
+def _sweep_job_plan(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, Path | None, str]:
+    """A job of a sweep resumed in place (`-m ... hydra.sweep.dir=<sweep> resume=true`): skip, continue or start it."""
+    # DDP children of a job rerun its saved config (no overrides of their own): they follow the job's decision.
+    overrides = list(HydraConfig.get().overrides.task) if _is_rank_zero() else None
+    action = sweeps.resume_action(run_dir, overrides)
+    if action == "skip":
+        log.info("resume: job %s already completed; skipped", run_dir.name)
+        return cfg, run_dir, None, "skip"
+    if action == "continue":
+        log.info("resume: job %s continues from its last checkpoint", run_dir.name)
+        return runs.load_config(run_dir), run_dir, runs.find_checkpoint(run_dir, "last"), "resume"
+    log.info("resume: job %s of %s has no earlier completed run or checkpoint; starting it", run_dir.name, run_dir.parent)
+    if _is_rank_zero():
+        sweeps.clear_partial(run_dir)
+    return cfg, run_dir, _start_checkpoint(cfg), "start"
+
+
+def _plan(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None, str]:
+    """(config, run directory, checkpoint to start from, 'start' | 'resume' | 'skip') for this job."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = cfg.get("resume")
+    if resume is True and (is_multirun() or not _is_rank_zero()):
+        return _sweep_job_plan(cfg, run_dir)
+    if resume is True:
+        raise ConfigError(
+            "resume=true resumes a sweep in place: add -m and hydra.sweep.dir=<sweep dir> to the sweep's command; "
+            "to continue one run, pass its directory: resume=results/runs/<run>"
+        )
+    if resume and is_multirun():
+        raise ConfigError(f"resume={resume} in a sweep: resume a sweep in place with resume=true and hydra.sweep.dir=<sweep dir>")
+    if resume:
+        saved, run_dir, ckpt_path = _resume_target(cfg)
+        return saved, run_dir, ckpt_path, "resume"
+    return cfg, run_dir, _start_checkpoint(cfg), "start"
+
+
 def train(cfg: DictConfig) -> float | None:
     """Entry of `app/train.py`; returns the objective (`cfg.objective`) for hyperparameter search."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    ckpt_path = _start_checkpoint(cfg)
-    resuming = bool(cfg.get("resume"))
-    if resuming:
-        cfg, run_dir, ckpt_path = _resume_target(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.get("dry_run"):
+        return dry_run(cfg)
+    cfg, run_dir, ckpt_path, action = _plan(cfg)
+    if action == "skip":
+        return sweeps.stored_objective(run_dir, cfg.get("objective"))
     run = runs.Run(run_dir)
     previous_ids: dict[str, str] = {}
     if _is_rank_zero():
-        if resuming:
+        if action == "resume":
             previous_ids = run.resume().get("trackers", {})
         else:
             run_id, group, _ = _run_identity(run_dir, cfg)
-            run.start(cfg, run_id=run_id, group=group, root=repo_root())
-    log.info("run directory: %s", run_dir)
+            run.start(cfg, run_id=run_id, group=group, root=repo_root(), overrides=list(HydraConfig.get().overrides.task))
+    log.info("run directory: %s (torch threads: %d)", run_dir, torch.get_num_threads())
     try:
         metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids)
     except KeyboardInterrupt as err:
@@ -145,6 +198,10 @@ def train(cfg: DictConfig) -> float | None:
     if _is_rank_zero():
         run.finish("completed", metrics=metrics)
         log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items())})
+    return _objective(cfg, metrics)
+
+
+def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     objective = cfg.get("objective")
     if not objective:
         return None

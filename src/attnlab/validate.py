@@ -24,7 +24,7 @@ def load_run(run_dir: str | Path, ckpt: str = "best", data_dir: str | None = Non
         cfg.data.data_dir = str(Path(data_dir).expanduser().resolve())
     ckpt_path = runs.find_checkpoint(path, ckpt)
     state = runs.load_checkpoint(ckpt_path)["state_dict"]
-    datamodule, task = build.assemble(cfg)
+    datamodule, task = build.assemble(cfg, artifacts=path)  # the run's own tokenizer, when it saved one
     try:
         task.load_state_dict(state)
     except RuntimeError as err:

@@ -1,51 +1,13 @@
 """The command lines as users run them: train, validate, plot, multirun, resume after SIGKILL, DDP, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from attnlab.tracking import read_history
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-# Small and quiet: fake MNIST (512 train / 128 test), no rich widgets in captured output.
-FAST = [
-    "data.val_size=128",
-    "data.batch_size=32",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
-
-
-@pytest.fixture
-def cli(tmp_path, fake_mnist_dir):
-    """Run one of the repo's scripts in a subprocess with results under tmp_path."""
-
-    def run(script: str, *args: str, expect: int | None = 0, timeout: int = 300) -> subprocess.CompletedProcess:
-        env = {
-            **os.environ,
-            "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"),
-            "ATTNLAB_DATA_DIR": str(fake_mnist_dir.parent),
-            "PYTHONPATH": str(REPO / "tests" / "helpers"),
-            "WANDB_MODE": "offline",
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-        }
-        extra = [f"data.data_dir={fake_mnist_dir}", *FAST] if script == "app/train.py" else []
-        out = subprocess.run(
-            [sys.executable, str(REPO / script), *extra, *args],  # the test's own arguments win
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-        )
-        if expect is not None:
-            assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-        return out
-
-    run.results = tmp_path / "results"
-    return run
 
 
 def only_run(results: Path) -> Path:
@@ -70,7 +32,7 @@ def test_train_validate_plot_round_trip(cli):
     run_dir = only_run(cli.results)
     manifest = read(run_dir / "manifest.json")
     assert manifest["status"] == "completed" and manifest["git"]["commit"] and manifest["versions"]["lightning"]
-    assert "app/train.py experiment=mnist_cnn" in manifest["command"]
+    assert "app/train.py " in manifest["command"] and " experiment=mnist_cnn" in manifest["command"]
     metrics = read(run_dir / "metrics.json")
     assert metrics["test/acc"] > 0.5, metrics  # the fake digits are learnable: chance is 0.1
     for name in ("config.yaml", "history.csv", "checkpoints/last.ckpt", "plots/confusion_matrix.png", "plots/class_distribution.png"):
@@ -166,6 +128,7 @@ def test_ddp_on_two_cpu_processes(cli):
         (["model=vit", "model.patch_size=5"], "patch_size"),
         (["data.data_dir=/nonexistent/mnist"], "no MNIST files under /nonexistent/mnist"),
         (["resume=/tmp"], "is not an attnlab run directory"),
+        (["resume=true"], "resume=true resumes a sweep in place"),
     ],
 )
 def test_bad_training_input_gives_a_clear_error(cli, args, message):

@@ -19,3 +19,19 @@ class SigkillAtStep(Callback):
         if trainer.global_step >= self.step and not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigkillInJob(Callback):
+    """SIGKILLs the process running a sweep (the whole sweep, with Hydra's basic launcher) in job `job` at `step`, once."""
+
+    def __init__(self, job: int, marker: str, step: int = 0) -> None:
+        self.job = job
+        self.marker = Path(marker)
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.get().job.num == self.job and trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)

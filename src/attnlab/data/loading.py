@@ -81,11 +81,15 @@ def make_loader(
     num_workers: int = 0,
     trainer: Any = None,
     drop_last: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch) and that never draws from the global torch RNG."""
+    """A DataLoader whose order depends only on (seed, epoch) and that never draws from the global torch RNG.
+
+    `sampler` replaces the default EpochShuffleSampler on one process (e.g. text's BucketSampler); it must be
+    seeded by (seed, epoch) the same way. Under DDP every rank takes its share through a DistributedSampler.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampler: Sampler[int]
     world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
     if world_size > 1:
         # Already distributed, so Lightning does not wrap or replace it; it still calls set_epoch.
@@ -97,7 +101,7 @@ def make_loader(
             seed=seed,
             drop_last=drop_last,
         )
-    else:
+    elif sampler is None:
         sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
     return DataLoader(
         dataset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -32,8 +33,13 @@ class Task(L.LightningModule):
         # Values that are not scalars (a confusion matrix, ...), filled at test time for the caller to save.
         self.test_artifacts: dict[str, Any] = {}
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+    def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
+        return self._forward(x)
+
+    def _forward(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Run the model on a batch's inputs: a tensor (images), or a dict of tensors passed as keyword arguments
+        (text: `input_ids`, `attention_mask`). Tasks call this, so they never depend on the kind of input."""
+        return self.model(**inputs) if isinstance(inputs, Mapping) else self.model(inputs)
 
     def _step(self, batch: Any, stage: Stage) -> Tensor:
         raise NotImplementedError

@@ -43,7 +43,7 @@ class ClassificationTask(Task):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         x, y = batch
-        logits = self.model(x)  # (B, C)
+        logits = self._forward(x)  # (B, C)
         # Smoothing is a training regulariser; evaluation reports the plain cross-entropy.
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         preds = logits.argmax(dim=-1)

@@ -35,7 +35,7 @@ class ReconstructionTask(Task):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
         x, target = batch
-        recon = self.model(x)  # same shape as target
+        recon = self._forward(x)  # same shape as target
         loss = F.mse_loss(recon, target)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(x))
         mse = getattr(self, f"{stage}_mse")

@@ -1,0 +1,115 @@
+"""Sweeps as users run them: a failing job, a grid resumed in place after a kill, an Optuna search killed and resumed,
+the dry run, parallel jobs, and the sweep plots. Every job is tiny: fake MNIST, 2 training batches."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false", "tracker=none"]
+
+
+def killer(tmp_path: Path, job: int, step: int = 0) -> list[str]:
+    """Overrides that SIGKILL the sweep in job `job` at training step `step`, once (see tests/helpers/killer.py)."""
+    return ["+callbacks.killer._target_=killer.SigkillInJob", f"+callbacks.killer.job={job}",
+            f"+callbacks.killer.step={step}", f"+callbacks.killer.marker={tmp_path / 'killed'}"]
+
+
+def manifest(job_dir: Path) -> dict:
+    return json.loads((job_dir / "manifest.json").read_text())
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli):
+    out = cli("app/train.py", "-m", *TINY, "optimizer.lr=1e-3,-1", "seed=1,2")
+    (sweep,) = list((cli.results / "sweeps").iterdir())
+    assert [manifest(sweep / str(n))["status"] for n in range(4)] == ["completed", "completed", "failed", "failed"]
+    assert manifest(sweep / "2")["error"]["message"] == "Invalid learning rate: -1"
+    assert "job 2 failed" in out.stdout and "ValueError: Invalid learning rate: -1" in out.stdout
+    md = (sweep / "summary.md").read_text()
+    assert "- jobs: 4 (2 completed, 2 failed)" in md
+    assert "| 0.001 | 0,1 | 1,2 | 2 | 0 |" in md and "| -1 | 2,3 | – | 0 | 2 |" in md  # mean ± std cells follow
+    assert "| 3 | optimizer.lr=-1 | 2 | failed | ValueError: Invalid learning rate: -1 |" in md
+    assert "**Best configuration** by `val/acc_best` (max): `optimizer.lr=0.001`" in md
+
+    cli("viz/plot.py", f"sweep={sweep}")
+    for name in ("sweep_optimizer.lr.png", "curves_val_acc.png", "curves_val_loss.png"):
+        assert (sweep / "plots" / name).stat().st_size > 1000, name
+
+
+def test_grid_sweep_resumes_in_place_after_a_kill(cli, tmp_path):
+    sweep = cli.results / "sweeps" / "grid"
+    # 2 steps per epoch: step 3 is in the second epoch of job 1, after its first last.ckpt.
+    args = ["-m", *TINY, "trainer.max_epochs=2", "seed=1,2,3", f"hydra.sweep.dir={sweep}", *killer(tmp_path, job=1, step=3)]
+    killed = cli("app/train.py", *args, expect=None)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert manifest(sweep / "0")["status"] == "completed" and manifest(sweep / "1")["status"] == "running"
+    assert not (sweep / "2").exists() and not (sweep / "summary.md").exists()  # the kill skipped the summary too
+    first_end = manifest(sweep / "0")["end"]
+
+    out = cli("app/train.py", *args, "resume=true")
+    assert "resume: job 0 already completed; skipped" in out.stdout
+    assert manifest(sweep / "0")["end"] == first_end and manifest(sweep / "0")["resumes"] == []
+    job1 = manifest(sweep / "1")
+    assert job1["status"] == "completed" and job1["resumes"][0]["previous_status"] == "running"
+    assert manifest(sweep / "2")["status"] == "completed"
+    assert "- jobs: 3 (3 completed)" in (sweep / "summary.md").read_text()
+
+
+def test_optuna_search_killed_and_resumed_completes_its_trial_budget(cli, tmp_path):
+    import optuna
+
+    sweep = cli.results / "sweeps" / "search"
+    # lr=-1 fails (torch: "Invalid learning rate"). With sampler seed 26 the first run draws lr -1 (trial 0) and 1e-3
+    # (trial 1, killed); the resumed run, reseeded with 26 + 2 trials, draws 1e-3, 1e-3, -1 (trials 2, 3, 4).
+    args = ["hparams_search=mnist_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=26",
+            "optimizer.lr=choice(0.001,-1)", *TINY, f"hydra.sweep.dir={sweep}"]
+    killed = cli("app/train.py", *args, *killer(tmp_path, job=1), expect=None)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    states = [t.state.name for t in optuna.load_study(study_name="mnist_optuna", storage=storage).trials]
+    assert states == ["FAIL", "RUNNING"]
+
+    out = cli("app/train.py", *args, *killer(tmp_path, job=1))
+    assert "trial 1 was cut off by the interruption" in out.stdout and "1 trials finished, 3 to run" in out.stdout
+    trials = optuna.load_study(study_name="mnist_optuna", storage=storage).trials
+    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(counted) == 4 and [t.number for t in trials if t.user_attrs.get("interrupted")] == [1]
+    assert [(t.state.name, t.params["optimizer.lr"]) for t in trials] == [
+        ("FAIL", -1), ("FAIL", 0.001), ("COMPLETE", 0.001), ("COMPLETE", 0.001), ("FAIL", -1)]
+    assert all(t.value is None for t in trials if t.state.name == "FAIL")  # a failed job is no silent 0
+    assert len({t.params["optimizer.weight_decay"] for t in trials}) == 5  # the resumed sampler did not replay
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3", "4"]  # job = trial number
+    assert manifest(sweep / "1")["status"] == "interrupted" and manifest(sweep / "0")["status"] == "failed"
+    md = (sweep / "summary.md").read_text()
+    assert "- jobs: 5 (" in md and "1 interrupted" in md
+
+    again = cli("app/train.py", *args)
+    assert "has all its trials; nothing to run" in again.stdout
+    assert len(optuna.load_study(study_name="mnist_optuna", storage=storage).trials) == 5
+
+    cli("viz/plot.py", f"sweep={sweep}")
+    assert (sweep / "plots" / "optuna_history.png").is_file() and (sweep / "plots" / "sweep_optimizer.weight_decay.png").is_file()
+
+
+def test_dry_run_catches_a_bad_override_in_seconds(cli):
+    start = time.monotonic()
+    out = cli("app/train.py", "-m", "dry_run=true", "model.dropout=0.1,abc", expect=1)
+    assert time.monotonic() - start < 60
+    text = out.stdout + out.stderr
+    assert "model.dropout: expected float, got 'abc'" in text
+    assert re.search(r"dry run ok: mnist_cnn \[.*model\.dropout=0\.1\]", text)  # the good job was built
+    assert not list(cli.results.rglob("manifest.json")) and not list(cli.results.rglob("*.ckpt"))  # no runs recorded
+
+
+def test_parallel_jobs_with_joblib(cli):
+    from joblib import cpu_count
+
+    cli("app/train.py", "-m", "hydra/launcher=local_parallel", *TINY, "seed=1,2")
+    (sweep,) = list((cli.results / "sweeps").iterdir())
+    assert [manifest(sweep / n)["status"] for n in ("0", "1")] == ["completed", "completed"]
+    threads = max(cpu_count() // 2, 1)  # joblib's workers get OMP_NUM_THREADS = cores // n_jobs; torch follows
+    assert all(f"torch threads: {threads})" in (sweep / n / "train.log").read_text() for n in ("0", "1"))
+    assert "- jobs: 2 (2 completed)" in (sweep / "summary.md").read_text()

@@ -1,0 +1,196 @@
+"""Sweep summaries on hand-made job folders: seeds folded into mean ± std, failures, best configuration, resume
+decisions, sweep plots; and the sweep-related configs (Optuna search, launchers) compose."""
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from attnlab import sweep_summary, sweeps
+from attnlab.cli import conf_dir
+from attnlab.errors import ConfigError
+
+# Hand-computed: lr=1e-3 -> val/acc 0.90, 0.92, 0.94: mean 0.92, sample std sqrt((0.02² + 0 + 0.02²) / 2) = 0.02.
+#                lr=3e-3 -> val/acc 0.50, 0.70 (seed 3 failed): mean 0.60, sample std sqrt(2 * 0.1² / 1) = 0.141421...
+ACC = {("1e-3", 1): 0.90, ("1e-3", 2): 0.92, ("1e-3", 3): 0.94, ("3e-3", 1): 0.50, ("3e-3", 2): 0.70}
+
+
+def make_job(sweep, num, overrides, *, status="completed", metrics=None, error=None, seed=None, history=None):
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    if status != "pending":
+        manifest = {"status": status, "seed": seed, "overrides": overrides, "error": error}
+        (job / "manifest.json").write_text(json.dumps(manifest))
+        OmegaConf.save(OmegaConf.create({"objective": None, "monitor": {"metric": "val/acc", "mode": "max"}}), job / "config.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if history:
+        rows = ["step,metric,value"] + [f"{step},{metric},{value}" for metric, points in history.items() for step, value in points]
+        (job / "history.csv").write_text("\n".join(rows) + "\n")
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """2 learning rates x 3 seeds: five completed, one failed; plus a running and a pending job of a third lr."""
+    root = tmp_path / "sweep"
+    num = 0
+    for lr in ("1e-3", "3e-3"):
+        for seed in (1, 2, 3):
+            overrides = [f"optimizer.lr={lr}", f"seed={seed}", "trainer.max_epochs=1"]
+            acc = ACC.get((lr, seed))
+            if acc is None:
+                make_job(root, num, overrides, status="failed", seed=seed, error={"type": "ValueError", "message": "loss is nan"})
+            else:
+                metrics = {"val/acc": acc, "val/acc_best": acc + 0.01, "val/loss": 1 - acc, "test/acc": acc, "train/lr/decay": 0.1}
+                history = {"val/acc": [(10, acc - 0.1), (20, acc)], "val/loss": [(10, 1.2 - acc), (20, 1 - acc)]}
+                make_job(root, num, overrides, metrics=metrics, seed=seed, history=history)
+            num += 1
+    make_job(root, num, ["optimizer.lr=1e-2", "seed=1", "trainer.max_epochs=1"], status="running", seed=1)
+    make_job(root, num + 1, ["optimizer.lr=1e-2", "seed=2", "trainer.max_epochs=1"], status="pending")
+    return root
+
+
+def test_seeds_fold_into_mean_and_sample_std(sweep):
+    jobs = sweeps.collect(sweep)
+    assert [j.num for j in jobs] == list(range(8)) and jobs[-1].status == "pending" and jobs[5].error == "ValueError: loss is nan"
+    assert sweeps.swept_keys(jobs) == ["optimizer.lr"]  # seed folds, trainer.max_epochs never varies
+    rows = {row.params["optimizer.lr"]: row for row in sweeps.aggregate(jobs)}
+    assert list(rows) == ["1e-3", "3e-3", "1e-2"]
+    mean, std, n = rows["1e-3"].stats("val/acc")
+    assert (mean, std, n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
+    assert std == pytest.approx(statistics.stdev([0.90, 0.92, 0.94]))
+    mean, std, n = rows["3e-3"].stats("val/acc")
+    assert (mean, std, n) == (pytest.approx(0.60), pytest.approx(math.sqrt(0.02)), 2)
+    assert len(rows["3e-3"].by_status("failed")) == 1
+    mean, std, n = rows["1e-2"].stats("val/acc")
+    assert n == 0 and math.isnan(mean) and std is None
+
+
+def test_summary_files(sweep):
+    csv_path, md_path = sweep_summary.write_summary(sweep)
+    with csv_path.open() as f:
+        table = {row["optimizer.lr"]: row for row in csv.DictReader(f)}
+    assert float(table["1e-3"]["val/acc.mean"]) == pytest.approx(0.92) and float(table["1e-3"]["val/acc.std"]) == pytest.approx(0.02)
+    assert table["3e-3"]["n_seeds"] == "2" and table["3e-3"]["n_failed"] == "1" and "loss is nan" in table["3e-3"]["errors"]
+    assert table["1e-2"]["n_running"] == "2" and table["1e-2"]["val/acc.mean"] == ""
+    assert "train/lr/decay.mean" in table["1e-3"]  # the csv keeps every metric; the table shows the main ones
+    md = md_path.read_text()
+    assert "| 1e-3 | 0,1,2 | 1,2,3 | 3 | 0 | 0.93 ± 0.02 | 0.92 ± 0.02 |" in md  # objective val/acc_best first
+    assert "train/lr" not in md and "test/acc" in md
+    assert "**Best configuration** by `val/acc_best` (max): `optimizer.lr=1e-3`" in md
+    assert "| 5 | optimizer.lr=3e-3 | 3 | failed | ValueError: loss is nan |" in md
+    assert "| 6 | optimizer.lr=1e-2 | 1 | running |" in md and "| 7 | optimizer.lr=1e-2 | 2 | pending |" in md
+
+
+def test_one_seed_has_no_std_and_objective_direction(tmp_path):
+    make_job(tmp_path, 0, ["optimizer.lr=1"], metrics={"val/acc": 0.5, "val/loss": 2.0}, seed=1)
+    make_job(tmp_path, 1, ["optimizer.lr=2"], metrics={"val/acc": 0.7, "val/loss": 1.0}, seed=1)
+    jobs = sweeps.collect(tmp_path)
+    assert sweeps.aggregate(jobs)[0].stats("val/acc") == (0.5, None, 1)
+    assert sweeps.objective(tmp_path, jobs) == ("val/acc", "max")  # no val/acc_best logged: the monitor itself
+    OmegaConf.save(OmegaConf.create({"objective": "val/loss", "monitor": {"metric": "val/acc", "mode": "max"}}), tmp_path / "0" / "config.yaml")
+    assert sweeps.objective(tmp_path, jobs) == ("val/loss", "min")
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"direction": "maximize"}}}), tmp_path / "multirun.yaml")
+    assert sweeps.objective(tmp_path, jobs) == ("val/loss", "max")  # the sweeper's direction wins
+    _, md = sweep_summary.write_summary(tmp_path)
+    assert "| 2 | 1 | 1 | 1 | 0 | 1 | 0.7 |" in md.read_text()
+
+
+def test_summary_callback_never_fails_the_sweep(tmp_path, caplog):
+    cfg = OmegaConf.create({"dry_run": False, "hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
+    sweep_summary.SweepSummary().on_multirun_end(config=cfg)
+    assert "could not write the sweep summary" in caplog.text
+
+
+def test_resume_decisions(tmp_path):
+    overrides = ["optimizer.lr=1e-3", "seed=1"]
+    job = make_job(tmp_path, 0, overrides, metrics={"val/acc_best": 0.9}, seed=1)
+    assert sweeps.resume_action(job, [*overrides, "resume=true"]) == "skip"
+    assert sweeps.stored_objective(job, "val/acc_best") == 0.9 and sweeps.stored_objective(job, None) is None
+    with pytest.raises(ConfigError, match="ran with \\[optimizer.lr=1e-3 seed=1\\], this sweep gives it \\[optimizer.lr=3e-3 seed=1\\]"):
+        sweeps.resume_action(job, ["optimizer.lr=3e-3", "seed=1", "resume=true"])
+    cut = make_job(tmp_path, 1, overrides, status="running", seed=1)
+    assert sweeps.resume_action(cut, overrides) == "fresh"  # killed before its first checkpoint
+    (cut / "checkpoints").mkdir()
+    (cut / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert sweeps.resume_action(cut, overrides) == "continue"
+    assert sweeps.resume_action(tmp_path / "9", overrides) == "fresh"
+
+
+def test_sweep_plots(sweep, tmp_path):
+    from attnlab.sweep_plots import plot_sweep
+
+    written = {p.name for p in plot_sweep(sweep)}
+    assert {"summary.md", "summary.csv", "sweep_optimizer.lr.png", "curves_val_acc.png", "curves_val_loss.png"} <= written
+    assert all((sweep / "plots" / name).stat().st_size > 1000 for name in written if name.endswith(".png"))
+
+
+def test_optuna_history_plot(tmp_path):
+    import optuna
+
+    from attnlab.sweep_plots import optuna_history
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    for value in (0.3, None, 0.5, 0.4):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        study.tell(trial, value, state=optuna.trial.TrialState.COMPLETE if value else optuna.trial.TrialState.FAIL)
+    path = optuna_history(tmp_path / "optuna.db", tmp_path / "history.png", "val/acc_best")
+    assert path is not None and path.stat().st_size > 1000
+
+
+def composed(overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/attnlab-compose", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+
+def test_optuna_search_config():
+    cfg = composed(["experiment=mnist_cnn", "hparams_search=mnist_optuna", "hydra.sweep.dir=/tmp/sweeps/search"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.attnlab_optuna.ResumableOptunaSweeper"
+    assert sweeper.storage == "sqlite:////tmp/sweeps/search/optuna.db" and sweeper.sampler.seed == 1234
+    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0 and sweeper.n_jobs == 1
+    assert cfg.objective == "val/acc_best" and cfg.hydra.mode.name == "MULTIRUN"
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "data.batch_size"}
+
+
+def test_launcher_presets_compose():
+    joblib = composed(["hydra/launcher=local_parallel"]).hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 2
+    slurm = composed(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.gpus_per_node == 1 and slurm.partition == "gpu"
+    cfg = composed(["trainer=gpu", "trainer.devices=[${attnlab_job_gpu:4}]"])
+    assert OmegaConf.to_container(cfg.trainer.devices, resolve=True) == [0]  # job 0 outside a sweep
+    assert cfg.dry_run is False and cfg.torch_threads is None
+
+
+def test_a_nan_return_becomes_a_failed_trial_with_the_jobs_error(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from attnlab.optuna_sweeper import TrialFailed, _Launcher
+
+    make_job(tmp_path, 0, ["optimizer.lr=-1"], status="failed", error={"type": "ValueError", "message": "Invalid learning rate: -1"})
+    returns = []
+    for num, value in ((0, float("nan")), (1, 0.9)):
+        ret = JobReturn(status=JobStatus.COMPLETED, _return_value=value)
+        ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}}})
+        returns.append(ret)
+
+    class Fake:
+        def launch(self, job_overrides, initial_job_idx):
+            return returns
+
+    failed, done = _Launcher(Fake(), dry_run=False).launch([[], []], initial_job_idx=0)
+    assert failed.status == JobStatus.FAILED and done.return_value == 0.9
+    with pytest.raises(TrialFailed, match="ValueError: Invalid learning rate: -1"):
+        failed.return_value  # what the plugin reads: it marks the trial FAIL and logs this message
