@@ -10,6 +10,7 @@ import csv
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -127,6 +128,9 @@ def mlflow(
     previous_id: str | None = None,
 ) -> MLFlowLogger:
     """MLflow with a local store (no server); a sweep becomes its own experiment."""
+    if tracking_uri.startswith("file:"):
+        # MLflow 3 keeps its plain-file store behind an opt-in; a local store with no server is what we want.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MLFlowLogger(
         experiment_name=group or experiment_name,
         run_name=name,
@@ -134,6 +138,13 @@ def mlflow(
         tags={"attnlab.run_id": run_id, **({"attnlab.group": group} if group else {}), **{t: "" for t in tags}},
         run_id=previous_id,
     )
+
+
+def finish_tracker_runs(*, ok: bool) -> None:
+    """End this process's W&B run: otherwise the next job of a sweep run in the same process logs into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=0 if ok else 1)
 
 
 def tracker_ids(trackers: Mapping[str, Logger]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from attnlab import build, runs, sweeps
 from attnlab.callbacks import EpochSeed
 from attnlab.cli import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
-from attnlab.tracking import HistoryLogger, tracker_ids
+from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
 
 log = logging.getLogger("attnlab")
 
@@ -188,13 +188,16 @@ def train(cfg: DictConfig) -> float | None:
     try:
         metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids)
     except KeyboardInterrupt as err:
+        finish_tracker_runs(ok=False)
         if _is_rank_zero():
             run.finish("interrupted", error=err)
         raise
     except BaseException as err:
+        finish_tracker_runs(ok=False)
         if _is_rank_zero():
             run.finish("failed", error=err)
         raise
+    finish_tracker_runs(ok=True)
     if _is_rank_zero():
         run.finish("completed", metrics=metrics)
         log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items())})

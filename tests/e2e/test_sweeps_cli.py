@@ -23,9 +23,13 @@ def manifest(job_dir: Path) -> dict:
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli):
-    out = cli("app/train.py", "-m", *TINY, "optimizer.lr=1e-3,-1", "seed=1,2")
+    out = cli("app/train.py", "-m", *TINY, "tracker=wandb", "optimizer.lr=1e-3,-1", "seed=1,2")
     (sweep,) = list((cli.results / "sweeps").iterdir())
     assert [manifest(sweep / str(n))["status"] for n in range(4)] == ["completed", "completed", "failed", "failed"]
+    for n in range(4):  # every job its own W&B run in the sweep's group, though all ran in one process
+        (wandb_run,) = list((sweep / str(n) / "wandb").glob(f"offline-run-*-{sweep.name}-{n}"))
+        group = bytes([0x32, len(sweep.name)]) + sweep.name.encode()  # RunRecord.run_group: protobuf field 6, a string
+        assert group in next(wandb_run.glob("*.wandb")).read_bytes()
     assert manifest(sweep / "2")["error"]["message"] == "Invalid learning rate: -1"
     assert "job 2 failed" in out.stdout and "ValueError: Invalid learning rate: -1" in out.stdout
     md = (sweep / "summary.md").read_text()
