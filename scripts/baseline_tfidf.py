@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from attnlab.data.imdb import read_jsonl
+from attnlab.data.sources import read_jsonl
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.data.imdb import IMDBDataModule, read_aclimdb, read_jsonl, write_fake_imdb
+from attnlab.data.imdb import IMDBDataModule, write_fake_imdb
+from attnlab.data.sources import read_aclimdb, read_jsonl
 from attnlab.data.text import BucketSampler, TokenizedDataset, truncate
 from attnlab.data.tokenizers import Tokenizer, WordTokenizer
 from attnlab.errors import ConfigError, DataError

@@ -11,12 +11,10 @@ special tokens and the split are cheap array operations done at setup, so changi
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from attnlab.data.loading import make_loader
-from attnlab.data.text import TokenizedDataset, BucketSampler, Truncation, atomic_dir, digest, file_stamps, truncate
+from attnlab.data.sources import download_jsonl, read_aclimdb, read_jsonl, write_jsonl
+from attnlab.data.text import BucketSampler, TokenizedDataset, Truncation, atomic_dir, digest, file_stamps, truncate
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
 from attnlab.errors import ConfigError, DataError
 
@@ -38,54 +37,6 @@ SPECIALS = ("cls_sep", "none")
 ARTIFACT_DIR = "tokenizer"  # in the run directory
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _CACHE_VERSION = 1  # bump when the encoded format changes
-
-
-def read_jsonl(path: Path) -> tuple[list[str], np.ndarray]:
-    """(texts, labels) of a .jsonl or .jsonl.gz file with one {"text": str, "label": 0|1} object per line."""
-    texts, labels = [], []
-    line_no = 0
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    texts.append(row["text"])
-                    labels.append(row["label"])
-    except FileNotFoundError:
-        raise DataError(f"missing IMDB split file {path}; copy it there or set paths.data_dir") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good copy") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {line_no}: not a JSON object ({err.msg})") from None
-    except (KeyError, TypeError):
-        raise DataError(f'{path}, line {line_no}: each line needs "text" and "label" fields') from None
-    return texts, _check_labels(labels, str(path))
-
-
-def read_aclimdb(split_dir: Path) -> tuple[list[str], np.ndarray]:
-    """(texts, labels) of an aclImdb split folder with neg/ and pos/ subfolders, in (label, id) order."""
-    texts, labels = [], []
-    for label, name in enumerate(("neg", "pos")):
-        folder = split_dir / name
-        if not folder.is_dir():
-            raise DataError(f"missing IMDB folder {folder}; the aclImdb layout has {split_dir}/neg and {split_dir}/pos")
-        files = sorted(folder.glob("*.txt"), key=lambda p: int(p.stem.split("_")[0]) if p.stem.split("_")[0].isdigit() else p.stem)
-        for path in files:
-            try:
-                texts.append(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as err:
-                raise DataError(f"cannot read {path} ({type(err).__name__}: {err})") from None
-        labels += [label] * len(files)
-    return texts, _check_labels(labels, str(split_dir))
-
-
-def _check_labels(labels: list[Any], source: str) -> np.ndarray:
-    if not labels:
-        raise DataError(f"{source} holds no reviews; replace it with a good copy of the IMDB split")
-    bad = [x for x in labels if x not in (0, 1) or isinstance(x, bool)]
-    if bad:
-        raise DataError(f"{source} has label {bad[0]!r} ({len(bad)} bad in all); IMDB labels are 0 (negative) or 1 (positive)")
-    return np.asarray(labels, dtype=np.int64)
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -138,6 +89,7 @@ class IMDBDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.hub_id = hub_id
         self.tokenizer: Tokenizer | None = None
+        self._encoded: Path | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
 
     # -- facts and artifacts -------------------------------------------------------------------------------------
@@ -200,7 +152,7 @@ class IMDBDataModule(L.LightningDataModule):
         if self._sources():
             return
         try:
-            _download(self.hub_id, self.data_dir)
+            download_jsonl(self.hub_id, self.data_dir, SPLITS)
         except Exception as e:  # offline, no `datasets`, network or hub errors all end the same way
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             raise DataError(
@@ -247,7 +199,9 @@ class IMDBDataModule(L.LightningDataModule):
         key = {"version": _CACHE_VERSION, "tokenizer": tok.fingerprint(), "files": self._stamps(SPLITS), "strip_html": self.strip_html}
         path = self.cache_dir / f"encoded-{digest(key)}"
         if (path / "meta.json").is_file():
-            log.info("IMDB encoded cache hit: %s", path)
+            if path != self._encoded:
+                log.info("IMDB encoded cache hit: %s", path)
+            self._encoded = path
             return path
         meta: dict[str, Any] = {"key": key, "splits": {}}
         with atomic_dir(path) as tmp:
@@ -318,26 +272,6 @@ class IMDBDataModule(L.LightningDataModule):
         return self._loader("test", batch_size=self.eval_batch_size, shuffle=False)
 
 
-def _download(hub_id: str, data_dir: Path) -> None:
-    """Fetch IMDB with `datasets` (cached under data_dir/hf_cache) and write train/test.jsonl.gz."""
-    import datasets  # optional: only needed when the files are missing
-
-    log.info("IMDB files missing under %s; downloading %r from the hub", data_dir, hub_id)
-    splits = datasets.load_dataset(hub_id, cache_dir=str(data_dir / "hf_cache"))
-    for split in SPLITS:
-        rows = [{"id": i, "label": int(r["label"]), "text": r["text"]} for i, r in enumerate(splits[split])]
-        _write_jsonl(data_dir / f"{split}.jsonl.gz", rows)
-    log.info("wrote IMDB jsonl files to %s", data_dir)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    tmp.replace(path)
-
-
 _GOOD = "great excellent wonderful superb loved brilliant enjoyable masterpiece fantastic moving".split()
 _BAD = "awful terrible boring worst waste dull horrible poor stupid disappointing".split()
 _FILLER = "the a movie film plot actor scene story it was and of this to in director character ending music".split()
@@ -359,7 +293,7 @@ def write_fake_imdb(root: Path, *, n_train: int = 400, n_test: int = 200, seed: 
             rows.append({"id": i // 2, "rating": 9 if label else 2, "label": label, "text": text})
         rows.sort(key=lambda r: (r["label"], r["id"]))
         if layout == "jsonl":
-            _write_jsonl(root / f"{split}.jsonl.gz", rows)
+            write_jsonl(root / f"{split}.jsonl.gz", rows)
         else:
             for r in rows:
                 path = root / "aclImdb" / split / ("pos" if r["label"] else "neg") / f"{r['id']}_{r['rating']}.txt"
