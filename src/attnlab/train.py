@@ -187,21 +187,23 @@ def train(cfg: DictConfig) -> float | None:
     log.info("run directory: %s (torch threads: %d)", run_dir, torch.get_num_threads())
     try:
         metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids)
-    except KeyboardInterrupt as err:
-        finish_tracker_runs(ok=False)
-        if _is_rank_zero():
-            run.finish("interrupted", error=err)
-        raise
     except BaseException as err:
         finish_tracker_runs(ok=False)
         if _is_rank_zero():
-            run.finish("failed", error=err)
+            run.finish("interrupted" if _is_interrupt(err) else "failed", error=err)
         raise
     finish_tracker_runs(ok=True)
     if _is_rank_zero():
         run.finish("completed", metrics=metrics)
         log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items())})
     return _objective(cfg, metrics)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    """Ctrl-C, including Lightning's way of reporting it: a graceful shutdown, then SystemExit(1) raised from it."""
+    return isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+    )
 
 
 def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

@@ -111,6 +111,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path):
     assert len(list((cli.results / "runs").iterdir())) == 2  # resumed in place
 
 
+def test_ctrl_c_records_an_interrupted_run(cli):
+    out = cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1",
+              "+callbacks.stop._target_=killer.SigintAtStep", "+callbacks.stop.step=3", expect=None)
+    assert out.returncode != 0
+    (run,) = (cli.results / "runs").iterdir()
+    manifest = read(run / "manifest.json")
+    assert manifest["status"] == "interrupted", manifest.get("error")
+
+
 def test_ddp_on_two_cpu_processes(cli):
     cli("app/train.py", "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2", "test=false", timeout=600)

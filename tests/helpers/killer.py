@@ -35,3 +35,14 @@ class SigkillInJob(Callback):
         if HydraConfig.get().job.num == self.job and trainer.global_step >= self.step and not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigintAtStep(Callback):
+    """Sends itself SIGINT (Ctrl-C) at a given global step: Lightning shuts down gracefully and exits."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
