@@ -36,3 +36,14 @@ def fake_imdb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("textdata")
     write_fake_imdb(root / "imdb", n_train=400, n_test=200)
     return root
+
+
+@pytest.fixture(scope="session")
+def fake_stories_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder with tinystories_sample/validation_head.txt.gz: 400 short generated stories."""
+    from attnlab.data.corpus import write_fake_corpus
+
+    root = tmp_path_factory.mktemp("stories")
+    (root / "tinystories_sample").mkdir()
+    write_fake_corpus(root / "tinystories_sample" / "validation_head.txt.gz", n_docs=400)
+    return root

@@ -39,6 +39,7 @@ def test_builds_with_valid_values():
         ({"size": 1, "sise": 2}, "model.sise is not an argument of"),
         ({}, "missing required argument(s) size"),
         ({"size": -1}, "size must be >= 0"),
+        ({"size": "???"}, "model.size must be given (it is ??? in the config): add model.size=<value>"),
     ],
 )
 def test_bad_values_name_the_key(values, message):

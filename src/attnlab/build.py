@@ -109,6 +109,9 @@ def check(
     """Check a `_target_` node's keys and value types against its target; return the target."""
     target = _import_target(node, path)
     params, hints, var_kw = parameters(target)
+    missing = [key for key in node if OmegaConf.is_missing(node, key)]
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]} must be given (it is ??? in the config): add {path}.{missing[0]}=<value>")
     values = OmegaConf.to_container(node, resolve=True)
     assert isinstance(values, dict)
     for key, value in values.items():

@@ -42,19 +42,31 @@ def batch_size(batch: Any) -> int:
     return batch_size(batch[0])
 
 
+def batch_tokens(batch: Any) -> int:
+    """Token positions in a batch whose inputs are token ids (B, T, ...): their count, padding included; else 0."""
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(inputs, dict):
+        inputs = next(iter(inputs.values()), None)
+    if isinstance(inputs, torch.Tensor) and inputs.dim() >= 2 and not inputs.is_floating_point():
+        return inputs.numel()
+    return 0
+
+
 class Throughput(Callback):
-    """Logs `train/samples_per_sec` (data loading included, validation excluded) and `train/epoch_time_s`."""
+    """Logs `train/samples_per_sec`, `train/tokens_per_sec` for token inputs (data loading included, validation
+    excluded) and `train/epoch_time_s`."""
 
     def __init__(self) -> None:
         self._start = self._last = 0.0
-        self._samples = 0
+        self._samples = self._tokens = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
-        self._samples = 0
+        self._samples = self._tokens = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._samples += batch_size(batch)
+        self._tokens += batch_tokens(batch)
         self._last = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -62,6 +74,8 @@ class Throughput(Callback):
         if self._samples and elapsed > 0:
             pl_module.log("train/samples_per_sec", self._samples / elapsed)
             pl_module.log("train/epoch_time_s", elapsed)
+            if self._tokens:
+                pl_module.log("train/tokens_per_sec", self._tokens / elapsed)
 
 
 class EpochSummary(Callback):

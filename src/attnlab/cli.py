@@ -146,6 +146,13 @@ def _validate_job(cfg: DictConfig) -> None:
 
 
 @_guarded
+def _generate_job(cfg: DictConfig) -> None:
+    from attnlab.generate import generate as run_generation
+
+    run_generation(cfg)
+
+
+@_guarded
 def _plot_job(cfg: DictConfig) -> None:
     from attnlab.plots import plot_command
 
@@ -169,3 +176,8 @@ def validate() -> Any:
 def plot() -> Any:
     """`attnlab-plot` / viz/plot.py."""
     return _main(_plot_job, "plot")()
+
+
+def generate() -> Any:
+    """`attnlab-generate` / app/generate.py."""
+    return _main(_generate_job, "generate")()

@@ -167,3 +167,17 @@ def log_figure(loggers: list[Logger], key: str, path: Path) -> None:
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=Path(key).parent.as_posix())
         except Exception as err:  # a tracker hiccup must never lose the run
             log.warning("could not send %s to %s: %s", key, type(logger).__name__, err)
+
+
+def log_text(loggers: list[Logger], key: str, texts: list[str], *, step: int) -> None:
+    """Send generated texts to the trackers that show text (W&B table, TensorBoard text, MLflow artifact)."""
+    for logger in loggers:
+        try:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key=key, columns=["step", "i", "text"], data=[[step, i, t] for i, t in enumerate(texts)])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(key, "\n\n".join(f"{i}. {t}" for i, t in enumerate(texts)), global_step=step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_text(logger.run_id, "\n\n".join(texts), f"{key}/step_{step:07d}.txt")
+        except Exception as err:  # a tracker hiccup must never lose the run
+            log.warning("could not send %s to %s: %s", key, type(logger).__name__, err)

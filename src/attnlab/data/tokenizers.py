@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,7 +122,7 @@ class TokenizerRecipe(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer: ...
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer: ...
 
 
 def _check_trainable(max_vocab: int, min_freq: int) -> None:
@@ -130,10 +130,14 @@ def _check_trainable(max_vocab: int, min_freq: int) -> None:
         raise ConfigError(f"tokenizer: max_vocab must be > {len(ROLES)} and min_freq >= 1; got {max_vocab}, {min_freq}")
 
 
-def _train(hf: HFTokenizer, trainer: Any, texts: Sequence[str] | None, name: str) -> None:
-    if not texts:
+def _train(hf: HFTokenizer, trainer: Any, texts: Iterable[str] | None, name: str) -> None:
+    """Train on a list of texts or any iterable of them (a generator streams a corpus without holding it)."""
+    items = iter(texts if texts is not None else ())
+    first = next(items, None)
+    if first is None:
         raise DataError(f"the {name} tokenizer is trained on the training texts, and none were given")
-    hf.train_from_iterator(texts, trainer, length=len(texts))
+    length = len(texts) if isinstance(texts, Sized) else None
+    hf.train_from_iterator(itertools.chain([first], items), trainer, length=length)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +156,7 @@ class WordTokenizer:
     def settings(self) -> dict[str, Any]:
         return {"scheme": "word", **asdict(self)}
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer:
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         hf = HFTokenizer(models.WordLevel(unk_token=SPECIALS["unk"]))
         hf.normalizer = normalizers.Sequence([normalizers.NFKC(), *([normalizers.Lowercase()] if self.lowercase else [])])
         hf.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
@@ -179,7 +183,7 @@ class CharTokenizer:
     def settings(self) -> dict[str, Any]:
         return {"scheme": "char", **asdict(self)}
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer:
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         hf = HFTokenizer(models.WordLevel(unk_token=SPECIALS["unk"]))
         if self.lowercase:
             hf.normalizer = normalizers.Lowercase()
@@ -208,7 +212,7 @@ class BPETokenizer:
     def settings(self) -> dict[str, Any]:
         return {"scheme": "bpe", **asdict(self)}
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer:
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         specials = {role: tok for role, tok in SPECIALS.items() if role != "unk"}
         hf = HFTokenizer(models.BPE())
         if self.lowercase:
@@ -252,7 +256,7 @@ class GPT2Tokenizer:
         digest = [hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files] if files else [self.hub_id]
         return {"scheme": "gpt2", "files": digest, "add_specials": self.add_specials}
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer:
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         files = self._files()
         if files:
             hf = HFTokenizer(models.BPE.from_file(str(files[0]), str(files[1])))
@@ -289,7 +293,7 @@ class HubTokenizer:
     def settings(self) -> dict[str, Any]:
         return {"scheme": "hub", "name_or_path": self.name_or_path}
 
-    def build(self, texts: Sequence[str] | None = None) -> Tokenizer:
+    def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         try:
             from transformers import AutoTokenizer
 

@@ -1,9 +1,21 @@
 """Hugging Face `transformers` models behind attnlab's text-model interface (transformers is imported lazily)."""
 
-from typing import Any
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from attnlab.models.sampling import sample_next
+
+if TYPE_CHECKING:
+    from attnlab.data.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+# attnlab's special-token roles -> transformers' tokenizer arguments
+_HF_SPECIALS = {"pad": "pad_token", "unk": "unk_token", "cls": "cls_token", "sep": "sep_token", "sos": "bos_token",
+                "eos": "eos_token"}
 
 
 class HFClassifier(nn.Module):
@@ -51,3 +63,112 @@ class HFClassifier(nn.Module):
         """Map token ids (B, T) and a mask (B, T) (True/1 = real token) to logits (B, num_classes)."""
         mask = None if attention_mask is None else attention_mask.long()
         return self.model(input_ids=input_ids, attention_mask=mask).logits
+
+
+class HFCausalLM(nn.Module):
+    """A `transformers` causal LM: pretrained (hub name or local HF folder) or a GPT-2 of the given size from scratch.
+
+    A pretrained model only knows its own token ids: pair it with its own tokenizer. The sizes (n_layer, n_embd,
+    n_head, dropout) shape the from-scratch GPT-2 only (GPT2Config, position table of max_len).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        max_len: int,
+        name_or_path: str | None = None,
+        n_layer: int = 4,
+        n_embd: int = 256,
+        n_head: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        import transformers  # heavy and optional: only this model needs it
+
+        self.vocab_size = vocab_size
+        if name_or_path is None:
+            config = transformers.GPT2Config(
+                vocab_size=vocab_size, n_positions=max_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 is no id of ours; save_pretrained sets eos
+            )
+            self.model = transformers.GPT2LMHeadModel(config)
+        else:
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
+            n = self.model.get_input_embeddings().num_embeddings
+            if n < vocab_size:
+                log.info("%s embeds %d tokens; resizing its embeddings to the tokenizer's %d", name_or_path, n,
+                         vocab_size)
+                self.model.resize_token_embeddings(vocab_size)
+            elif n > vocab_size:
+                log.info("%s embeds %d tokens; logits keep the tokenizer's first %d", name_or_path, n, vocab_size)
+        # The longest context the model reads (its position table); None: no limit (relative positions).
+        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        if self.context is not None and max_len > self.context:
+            raise ValueError(
+                f"max_len {max_len} exceeds {name_or_path}'s {self.context} positions; "
+                f"set the data's max_len <= {self.context}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map token ids (B, T) to next-token logits (B, T, V)."""
+        return self.model(input_ids=x, use_cache=False).logits[..., : self.vocab_size]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
+        was_training = self.training
+        self.eval()  # no dropout while sampling; the caller's mode comes back below
+        try:
+            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+            cache = None
+            for _ in range(max_new_tokens):
+                if cache is None or (self.context is not None and cache.get_seq_length() >= self.context):
+                    # (Re)read the context, cropped to the position table: past it the window slides and
+                    # the cache restarts.
+                    out = self.model(input_ids=idx if self.context is None else idx[:, -self.context :], use_cache=True)
+                else:
+                    out = self.model(input_ids=idx[:, -1:], past_key_values=cache, use_cache=True)  # one step a token
+                cache = out.past_key_values
+                logits = out.logits[:, -1, : self.vocab_size]  # (B, V)
+                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                if eos_id is not None:
+                    nxt = nxt.masked_fill(done[:, None], eos_id)  # finished rows keep emitting eos
+                    done |= nxt[:, 0] == eos_id
+                idx = torch.cat([idx, nxt], dim=1)
+                if eos_id is not None and bool(done.all()):
+                    break
+            return idx
+        finally:
+            self.train(was_training)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: "Tokenizer | None" = None) -> None:
+        """Write a HF folder (config.json, model.safetensors; with a tokenizer its files too) for from_pretrained."""
+        import transformers
+
+        directory = Path(directory)
+        if tokenizer is not None and tokenizer.eos_id is not None:
+            self.model.config.eos_token_id = tokenizer.eos_id
+            if self.model.generation_config is not None:
+                self.model.generation_config.eos_token_id = tokenizer.eos_id
+        self.model.save_pretrained(directory)
+        if tokenizer is None:
+            return
+        # tokenizer_config.json for transformers.AutoTokenizer, then attnlab's own tokenizer.json + specials.json
+        # (written last, so the folder holds exactly the tokenizer the model was trained with).
+        named = {_HF_SPECIALS[role]: token for role, token in tokenizer.specials.items()}
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, **named).save_pretrained(directory)
+        tokenizer.save(directory)

@@ -1,4 +1,8 @@
-"""Transformer building blocks shared by ViT, encoders, GPT decoders and seq2seq models."""
+"""Transformer building blocks shared by ViT, encoders, GPT decoders and seq2seq models.
+
+Attention, feed-forward networks (plain MLP or SwiGLU), the pre-norm block, position encodings (learned, sinusoidal,
+rotary) and the key/value cache that lets a decoder generate one token per step without recomputing the past.
+"""
 
 import math
 from typing import Literal
@@ -9,6 +13,38 @@ from torch import nn
 
 Activation = Literal["gelu", "relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+# A block's feed-forward: the plain MLP with one of the activations above, or the gated SwiGLU.
+FeedForward = Literal["gelu", "relu", "swiglu"]
+_FEED_FORWARDS = (*_ACTIVATIONS, "swiglu")
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (T, hs/2): the rotation angles of T positions
+
+
+class KVCache:
+    """Keys and values of the positions one attention layer has seen so far, for incremental decoding (no grad)."""
+
+    def __init__(self, *, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0  # positions cached so far
+        self.k: torch.Tensor | None = None  # (B, nh, max_len, hs), allocated on first use
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) after the cached ones; return all of them, (B, nh, length, hs) each."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            # One buffer written in place: concatenating every step would copy the whole past each time.
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(
+                f"KV cache holds at most max_len {self.max_len} positions, got {self.length} cached + {T} new; "
+                f"start a new cache and recompute the last max_len positions"
+            )
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class MultiHeadAttention(nn.Module):
@@ -36,9 +72,17 @@ class MultiHeadAttention(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        rope: Rope | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Attend from x (B, T, D) to context (B, S, D), or to x itself; mask is bool, True = may attend."""
+        """Attend from x (B, T, D) to context (B, S, D), or to x itself; mask is bool, True = may attend.
+
+        rope rotates queries and keys by their positions (self-attention only); cache holds the keys and values of
+        earlier positions: the new ones are appended and x's T queries attend to all of them.
+        """
         B, T, D = x.shape
+        if rope is not None and context is not None:
+            raise ValueError("rotary positions apply to self-attention only; pass rope=None with a context")
         context = x if context is None else context
         S = context.size(1)
         hs = D // self.n_heads
@@ -47,16 +91,26 @@ class MultiHeadAttention(nn.Module):
         k, v = self.kv_proj(context).split(D, dim=-1)  # each (B, S, D)
         k = k.view(B, S, self.n_heads, hs).transpose(1, 2)  # (B, nh, S, hs)
         v = v.view(B, S, self.n_heads, hs).transpose(1, 2)  # (B, nh, S, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
-        if mask is not None:
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)  # each (B, nh, past + S, hs)
+            S = k.size(2)
+        if is_causal and cache is not None and T == 1:
+            is_causal = False  # the one new query is the newest position: it may see every cached key
+
+        if mask is not None and mask.dtype != torch.bool:
             # A float mask would be *added* to the scores by SDPA, so a 0/1 mask would silently mask nothing.
-            if mask.dtype != torch.bool:
-                raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
-            if is_causal:
-                # SDPA refuses attn_mask with is_causal: fold in a causal mask (top-left aligned, like SDPA).
-                causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()  # (T, S)
-                mask = mask & causal
-                is_causal = False
+            raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+        if is_causal and (mask is not None or past > 0):
+            # SDPA refuses attn_mask with is_causal, and aligns its causal mask top-left; after `past` cached
+            # positions the T queries are positions past..past+T-1, so query i may see keys up to past + i.
+            causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, S)
+            mask = causal if mask is None else mask & causal
+            is_causal = False
 
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
@@ -69,19 +123,51 @@ class MLP(nn.Module):
     """Position-wise feed-forward network: Linear -> activation -> Linear -> Dropout."""
 
     def __init__(
-        self, *, d_model: int, d_ff: int, dropout: float = 0.0, activation: Activation = "gelu"
+        self, *, d_model: int, d_ff: int, dropout: float = 0.0, activation: Activation = "gelu", bias: bool = True
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(_ACTIVATIONS)}")
-        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
         self.act = _ACTIVATIONS[activation]()
-        self.fc2 = nn.Linear(d_ff, d_model)
+        self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, T, D) to (B, T, D)."""
         return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward network (Shazeer, 2020): fc2(silu(gate) * value) with gate, value = fc1(x) -> Dropout."""
+
+    def __init__(self, *, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.d_ff = d_ff
+        self.fc1 = nn.Linear(d_model, 2 * d_ff, bias=bias)  # gate and value projections, fused
+        self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (B, T, D) to (B, T, D)."""
+        gate, value = self.fc1(x).split(self.d_ff, dim=-1)  # each (B, T, d_ff)
+        return self.drop(self.fc2(F.silu(gate) * value))
+
+
+def swiglu_hidden(d_model: int) -> int:
+    """SwiGLU width with the parameters of a 4 * d_model MLP: 8/3 * d_model, rounded up to a multiple of 32."""
+    return 32 * math.ceil(8 * d_model / 3 / 32)
+
+
+def feed_forward(
+    *, d_model: int, d_ff: int, dropout: float = 0.0, activation: FeedForward = "gelu", bias: bool = True
+) -> nn.Module:
+    """A block's feed-forward network: the plain MLP with a gelu/relu activation, or SwiGLU."""
+    if activation not in _FEED_FORWARDS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(_FEED_FORWARDS)}")
+    if activation == "swiglu":
+        return SwiGLU(d_model=d_model, d_ff=d_ff, dropout=dropout, bias=bias)
+    return MLP(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, bias=bias)
 
 
 class Block(nn.Module):
@@ -94,20 +180,27 @@ class Block(nn.Module):
         n_heads: int,
         d_ff: int,
         dropout: float = 0.0,
-        activation: Activation = "gelu",
+        activation: FeedForward = "gelu",
+        bias: bool = True,
     ) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model=d_model, n_heads=n_heads, dropout=dropout)
+        self.ln1 = nn.LayerNorm(d_model, bias=bias)
+        self.attn = MultiHeadAttention(d_model=d_model, n_heads=n_heads, dropout=dropout, bias=bias)
         self.drop = nn.Dropout(dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation)
+        self.ln2 = nn.LayerNorm(d_model, bias=bias)
+        self.mlp = feed_forward(d_model=d_model, d_ff=d_ff, dropout=dropout, activation=activation, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, *, mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: Rope | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Map (B, T, D) to (B, T, D)."""
-        x = x + self.drop(self.attn(self.ln1(x), mask=mask, is_causal=is_causal))
+        """Map (B, T, D) to (B, T, D); rope and cache go to the self-attention (see MultiHeadAttention)."""
+        x = x + self.drop(self.attn(self.ln1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
         x = x + self.mlp(self.ln2(x))
         return x
 
@@ -128,10 +221,10 @@ class LearnedPositions(nn.Module):
         self.pos = nn.Parameter(torch.empty(max_len, d_model))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (B, T, D) to (B, T, D)."""
-        _check_length(x.size(1), self.max_len)
-        return x + self.pos[: x.size(1)]  # (T, D) broadcasts over the batch
+    def forward(self, x: torch.Tensor, *, offset: int = 0) -> torch.Tensor:
+        """Map (B, T, D), the positions offset..offset+T-1, to (B, T, D)."""
+        _check_length(offset + x.size(1), self.max_len)
+        return x + self.pos[offset : offset + x.size(1)]  # (T, D) broadcasts over the batch
 
 
 class SinusoidalPositions(nn.Module):
@@ -148,7 +241,38 @@ class SinusoidalPositions(nn.Module):
         # Not persistent: it is a pure function of (max_len, d_model), so checkpoints need not carry it.
         self.register_buffer("pe", pe, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (B, T, D) to (B, T, D)."""
-        _check_length(x.size(1), self.max_len)
-        return x + self.pe[: x.size(1)].to(x.dtype)
+    def forward(self, x: torch.Tensor, *, offset: int = 0) -> torch.Tensor:
+        """Map (B, T, D), the positions offset..offset+T-1, to (B, T, D)."""
+        _check_length(offset + x.size(1), self.max_len)
+        return x + self.pe[offset : offset + x.size(1)].to(x.dtype)
+
+
+class RotaryPositions(nn.Module):
+    """Rotary position embedding (RoPE, Su et al., 2021): cos/sin tables that rotate queries and keys by position.
+
+    Attention scores then depend on positions only through their difference. The tables are handed to every
+    attention layer (see MultiHeadAttention's rope); nothing is added to the token embeddings.
+    """
+
+    def __init__(self, *, max_len: int, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ValueError(f"rotary positions need an even head size, got {head_dim}; change d_model or n_heads")
+        self.max_len = max_len
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hs/2)
+        # Not persistent: pure functions of (max_len, head_dim, base), so checkpoints need not carry them.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, T: int, *, offset: int = 0) -> Rope:
+        """The (cos, sin) tables of positions offset..offset+T-1, each (T, hs/2)."""
+        _check_length(offset + T, self.max_len)
+        return self.cos[offset : offset + T], self.sin[offset : offset + T]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, nh, T, hs) by the angles of its T positions; pairs are (i, i + hs/2), as in GPT-NeoX and LLaMA."""
+    x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, hs/2) broadcasts over batch and heads
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, nh, T, hs)

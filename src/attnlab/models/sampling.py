@@ -1,0 +1,40 @@
+"""Next-token sampling shared by every language model's `generate`: temperature, top-k and nucleus (top-p) filtering.
+
+The `generate` methods built on it share one contract: `generate(idx (B, T), max_new_tokens, *, temperature=1.0,
+top_k=None, top_p=None, eos_id=None, generator=None) -> (B, T + n)` under torch.no_grad(). temperature 0 is greedy;
+random draws come only from `generator` when one is given; with `eos_id`, a row that has produced it keeps producing
+it, and generation stops early (n < max_new_tokens) once every row has.
+"""
+
+import torch
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token id per row (B, 1) from the last position's logits (B, V); temperature 0 takes the argmax."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None; got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass; the first is always kept.
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # (B, V), in sorted order
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)

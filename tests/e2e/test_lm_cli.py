@@ -1,0 +1,90 @@
+"""Language modelling from the command line on a small generated story corpus: every LM experiment under
+fast_dev_run, then train -> validate -> generate -> plot with a GPT, and a count-based n-gram run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = ["tinystories_gpt", "tinystories_lstm", "tinystories_ngram", "tinystories_hf_gpt2"]
+pytestmark = pytest.mark.slow
+# Context 32 and a 300-token BPE: the generated corpus is small; quiet output.
+FAST = ["data=tinystories_sample", "data.max_len=32", "data.tokenizer.max_vocab=300", "++task.sample_tokens=8", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "tracker=csv"]
+
+
+@pytest.fixture
+def lm_cli(tmp_path, fake_stories_root):
+    def run(script: str, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ATTNLAB_DATA_DIR": str(fake_stories_root), "ATTNLAB_CACHE_DIR": str(tmp_path / "cache"),
+               "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        extra = FAST if script == "app/train.py" else []
+        flags = [a for a in args if a.startswith("-")]
+        overrides = [a for a in args if not a.startswith("-")]
+        out = subprocess.run([sys.executable, str(REPO / script), *flags, *extra, *overrides], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+        if expect is not None:
+            assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+        return out
+
+    run.results = tmp_path / "results"
+    return run
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def samples_of(stdout: str) -> str:
+    return stdout[stdout.index("--- sample 1"):]
+
+
+def test_every_lm_experiment_fast_dev_run(lm_cli):
+    lm_cli("app/train.py", "-m", f"experiment={','.join(EXPERIMENTS)}", "trainer.fast_dev_run=true")
+    (sweep,) = list((lm_cli.results / "sweeps").iterdir())
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(jobs) == len(EXPERIMENTS)
+    for job, experiment in zip(jobs, EXPERIMENTS):
+        manifest = read(job / "manifest.json")
+        assert manifest["status"] == "completed", (experiment, manifest.get("error"))
+        metrics = read(job / "metrics.json")
+        assert {"test/loss", "test/ppl", "test/bpb"} <= set(metrics), experiment
+        assert metrics["test/ppl"] == pytest.approx(2.718281828 ** metrics["test/loss"], rel=1e-4)
+
+
+def test_gpt_train_validate_generate_plot(lm_cli):
+    lm_cli("app/train.py", "experiment=tinystories_gpt", "trainer.max_epochs=2", "+model.n_layers=2", "+model.d_model=64")
+    (run,) = list((lm_cli.results / "runs").iterdir())
+    metrics = read(run / "metrics.json")
+    assert metrics["val/ppl"] < 300 / 2  # two short epochs already beat half of a uniform guess over 300 tokens
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    samples = (run / "plots" / "samples.md").read_text()
+    assert samples.count("## epoch") == 2 and "Once upon a time" in samples
+
+    lm_cli("val/validate.py", f"run={run}", "progress_bar=false")
+    report = read(run / "validation" / "test.json")
+    assert report["metrics"]["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    assert report["metrics"]["test/bpb"] == pytest.approx(metrics["test/bpb"], rel=1e-5)
+
+    args = [f"run={run}", "prompt=Lily saw", "max_new_tokens=12", "num_samples=2", "seed=3"]
+    first = samples_of(lm_cli("app/generate.py", *args).stdout)
+    assert first.count("--- sample") == 2 and "Lily saw" in first
+    assert samples_of(lm_cli("app/generate.py", *args).stdout) == first  # seeded: the same samples again
+    uncached = samples_of(lm_cli("app/generate.py", *args, "use_cache=false").stdout)
+    assert uncached == first  # the KV cache changes the speed, never the tokens
+    greedy = lm_cli("app/generate.py", f"run={run}", "temperature=0", "max_new_tokens=12").stdout
+    assert "--- sample 1 ---" in greedy
+
+    lm_cli("viz/plot.py", f"run={run}")
+    assert list((run / "plots").glob("*.png"))
+
+
+def test_generate_refuses_a_classification_run_and_bad_arguments(lm_cli, tmp_path):
+    out = lm_cli("app/generate.py", "run=/nonexistent/run", expect=2)
+    assert "does not exist" in out.stderr
+    out = lm_cli("app/generate.py", expect=2)
+    assert "say which run" in out.stderr
