@@ -164,6 +164,14 @@ def test_optuna_search_config():
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "data.batch_size"}
 
 
+@pytest.mark.parametrize("experiment", ["imdb_lstm", "imdb_bilstm", "imdb_gru", "imdb_bert", "imdb_roberta", "imdb_distilbert"])
+def test_imdb_search_params_exist_in_every_imdb_experiment(experiment):
+    cfg = composed([f"experiment={experiment}", "hparams_search=imdb_optuna", "hydra.sweep.dir=/tmp/sweeps/imdb"])
+    assert cfg.hydra.sweeper.study_name == "imdb_optuna" and cfg.objective == "val/acc_best"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key  # an override of a missing key would fail every trial
+
+
 def test_launcher_presets_compose():
     joblib = composed(["hydra/launcher=local_parallel"]).hydra.launcher
     assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 2
