@@ -93,7 +93,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from attnlab.data.corpus import iter_documents, write_documents
+    from attnlab.data.sources import iter_documents, write_documents
 
     one = measure(args.sample, 50_000_000, args)
     print(f"sample {args.sample.name}, BPE {args.vocab}: {one['text_mb']:.2f} MB of text, train {one['train_tokens']:,} "

@@ -65,3 +65,23 @@ def test_history_logger_appends_and_reads_back(tmp_path):
     HistoryLogger(tmp_path / "history.csv").log_metrics({"val/acc": 0.75}, step=20)  # a resumed run appends
     history = read_history(tmp_path / "history.csv")
     assert history == {"train/loss_step": [(0, 2.0), (10, 1.0)], "val/acc": [(10, 0.5), (20, 0.75)]}
+
+
+def test_interruptions_are_told_apart_from_failures():
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from attnlab.train import _is_interrupt
+
+    def raised_while_handling(inner: BaseException) -> SystemExit:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise SystemExit(1)  # what Lightning does after its graceful shutdown
+        except SystemExit as err:
+            return err
+
+    assert _is_interrupt(KeyboardInterrupt()) and _is_interrupt(raised_while_handling(KeyboardInterrupt()))
+    assert _is_interrupt(SIGTERMException()) and _is_interrupt(raised_while_handling(SIGTERMException()))
+    assert not _is_interrupt(RuntimeError("nan loss")) and not _is_interrupt(raised_while_handling(ValueError()))
+    assert not _is_interrupt(SystemExit(1))

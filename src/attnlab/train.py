@@ -200,10 +200,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _is_interrupt(err: BaseException) -> bool:
-    """Ctrl-C, including Lightning's way of reporting it: a graceful shutdown, then SystemExit(1) raised from it."""
-    return isinstance(err, KeyboardInterrupt) or (
-        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
-    )
+    """Ctrl-C (Lightning reports it as SystemExit(1) raised while handling it) or SIGTERM (a scheduler's preemption)."""
+    if isinstance(err, SystemExit) and err.__context__ is not None:
+        err = err.__context__
+    return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException"
 
 
 def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

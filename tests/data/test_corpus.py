@@ -15,15 +15,9 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 import attnlab.data.corpus as corpus
-from attnlab.data.corpus import (
-    RandomWindowSampler,
-    TextCorpusDataModule,
-    fixed_starts,
-    iter_documents,
-    token_bytes,
-    write_documents,
-    write_fake_corpus,
-)
+from attnlab.data.corpus import TextCorpusDataModule, token_bytes, write_fake_corpus
+from attnlab.data.sources import iter_documents, write_documents
+from attnlab.data.windows import RandomWindowSampler, fixed_starts
 from attnlab.data.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 from attnlab.errors import ConfigError, DataError
 

@@ -20,101 +20,37 @@ characters of the training documents (default 50 M: a BPE vocabulary settles lon
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import logging
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from tokenizers import decoders, pre_tokenizers
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 
 from attnlab.data.loading import make_loader
+from attnlab.data.sources import EOT, download_documents, iter_documents, open_text
 from attnlab.data.text import atomic_dir, digest, file_stamps
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
+from attnlab.data.windows import RandomWindowSampler, TokenWindows, fixed_starts
 from attnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-EOT = "<|endoftext|>"
 HUB_SPLITS = {"train": "train", "val": "validation"}  # our split -> the hub dataset's
 ARTIFACT_DIR = "tokenizer"  # in the run directory
 _CHUNK_CHARS = 1 << 20  # characters per encode_batch call: bounds the memory of the encodings
-_MAX_DOC_CHARS = 1 << 26  # a longer document most likely means a wrong separator
 _CACHE_VERSION = 1  # bump when the encoded format changes
 
 
-# -- files ---------------------------------------------------------------------------------------------------------
-def open_text(path: Path, mode: str = "rt") -> IO[str]:
-    """A UTF-8 text file, gzip'd when its name ends in .gz."""
-    return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
-
-
-def iter_documents(path: Path, separator: str = EOT) -> Iterator[str]:
-    """The stripped, non-empty documents of a text file, read line by line: one document in memory at a time."""
-    parts: list[str] = []
-    size = 0
-    try:
-        with open_text(path) as f:
-            for line in f:
-                if separator and separator in line:
-                    *ends, rest = line.split(separator)
-                elif not separator and not line.strip():
-                    ends, rest = [line], ""
-                else:
-                    parts.append(line)
-                    size += len(line)
-                    if size > _MAX_DOC_CHARS:
-                        raise DataError(f"{path}: a document runs past {_MAX_DOC_CHARS:,} characters without the separator "
-                                        f"{separator!r}; set data.separator ('' splits at blank lines)")
-                    continue
-                for end in ends:
-                    parts.append(end)
-                    if doc := "".join(parts).strip():
-                        yield doc
-                    parts = []
-                parts, size = [rest], len(rest)
-            if doc := "".join(parts).strip():
-                yield doc
-    except FileNotFoundError:
-        raise DataError(f"missing text file {path}; copy it there or set data.data_dir / data.train_file") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good UTF-8 copy") from None
-
-
-def write_documents(path: Path, docs: Iterable[str], *, separator: str = EOT) -> int:
-    """Write documents, each followed by a separator line (a blank line for separator ""), atomically; returns the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("tmp-" + path.name)  # same suffix: gzip'd alike
-    n = 0
-    with open_text(tmp, "wt") as f:
-        for n, doc in enumerate(docs, 1):
-            f.write(f"{doc}\n{separator}\n")
-    tmp.replace(path)
-    return n
-
-
-def download_documents(hub_id: str, data_dir: Path, files: dict[str, str], *, text_field: str, separator: str) -> None:
-    """Write the hub dataset's splits ({hub split: file name}) as text files under data_dir, a batch of rows at a time."""
-    import datasets  # optional: only needed when the files are missing
-
-    log.info("files missing under %s; downloading %r from the hub", data_dir, hub_id)
-    dataset = datasets.load_dataset(hub_id, cache_dir=str(data_dir / "hf_cache"))
-    for split, name in files.items():
-        rows = dataset[split].iter(batch_size=1024)
-        n = write_documents(data_dir / name, (text for batch in rows for text in batch[text_field]), separator=separator)
-        log.info("wrote %d documents of %r %s to %s", n, hub_id, split, data_dir / name)
-
-
+# -- a generated corpus for tests --------------------------------------------------------------------------------
 _NAMES = "Lily Ben Tom Mia Zoë Max".split()
 _THINGS = "ball tree cat dog cake boat sun flower".split()
 _VERBS = "saw liked found wanted shared lost".split()
@@ -198,80 +134,6 @@ class _StreamWriter:
         self.flush()
         self.file.close()
         return self.stats
-
-
-# -- windows -------------------------------------------------------------------------------------------------------
-class TokenWindows(Dataset):
-    """Windows of max_len + 1 tokens of a token stream; a batch is (x, y), int64 (B, max_len) each, y = x shifted by one.
-
-    Item i is the window starting at token starts[i] (fixed windows), or at token i when starts is None (every
-    start; a sampler draws them).
-    """
-
-    def __init__(self, tokens: np.ndarray, *, max_len: int, starts: np.ndarray | None = None) -> None:
-        if len(tokens) < max_len + 1:
-            raise ValueError(f"{len(tokens)} tokens hold no window of max_len + 1 = {max_len + 1}")
-        self.tokens, self.max_len, self.starts = tokens, max_len, starts
-        self.span = np.arange(max_len + 1)
-
-    def __len__(self) -> int:
-        return len(self.starts) if self.starts is not None else len(self.tokens) - self.max_len
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        index = np.asarray(indices, dtype=np.int64)
-        starts = self.starts[index] if self.starts is not None else index  # (B,)
-        windows = torch.from_numpy(np.asarray(self.tokens[starts[:, None] + self.span], dtype=np.int64))  # (B, T + 1)
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Worker processes reopen the memory map; pickling it would copy the whole stream.
-        state = dict(self.__dict__)
-        if isinstance(self.tokens, np.memmap):
-            state["tokens"] = (str(self.tokens.filename), self.tokens.dtype.str, len(self.tokens))
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state["tokens"], tuple):
-            filename, dtype, n = state["tokens"]
-            state["tokens"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=(n,))
-        self.__dict__.update(state)
-
-
-class RandomWindowSampler(DistributedSampler):
-    """`num_samples` window starts an epoch, uniform over [0, n_starts), from a generator seeded by (seed, epoch).
-
-    Rank r of world_size takes every world_size-th draw: the ranks share one epoch of draws, the same number each.
-    A DistributedSampler by type only: Lightning leaves one in place under DDP (as make_loader's own), where it
-    would wrap any other sampler, listing every epoch's draws in memory and sharding them a second time.
-    """
-
-    def __init__(self, n_starts: int, *, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if n_starts < 1 or num_samples < 1:
-            raise ValueError(f"n_starts and num_samples must be >= 1, got {n_starts}, {num_samples}")
-        super().__init__(range(n_starts), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        self.n_starts = n_starts
-        self.num_samples = -(-num_samples // world_size)  # per rank (ceil)
-        self.total_size = self.num_samples * world_size
-
-    def __iter__(self) -> Iterator[int]:
-        # A generator function: the draws are made at the first next(), after any set_epoch.
-        generator = np.random.default_rng([self.seed, self.epoch])
-        block = 8192 * self.num_replicas  # drawn block by block: memory does not grow with the epoch
-        for first in range(0, self.total_size, block):
-            draws = generator.integers(0, self.n_starts, size=min(block, self.total_size - first))
-            yield from draws[self.rank :: self.num_replicas].tolist()
-
-
-def fixed_starts(n_tokens: int, max_len: int, limit: int | None = None) -> np.ndarray:
-    """Starts of the windows at stride max_len (each token but the first is predicted once), or `limit` evenly spaced."""
-    starts = np.arange((n_tokens - 1) // max_len, dtype=np.int64) * max_len
-    if limit is not None and limit < len(starts):
-        starts = starts[np.linspace(0, len(starts) - 1, limit).round().astype(np.int64)]
-    return starts
 
 
 # -- the data module -----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Labelled text from local files or the hub: JSON Lines (.jsonl / .jsonl.gz), aclImdb-style folders, and a hub
-dataset written out as JSON Lines. Every error names the file and the fix."""
+"""Text from local files or the hub: labelled JSON Lines (.jsonl / .jsonl.gz) and aclImdb-style folders, plain-text
+corpora of separated documents (TinyStories' format), and hub datasets written out as such files. Every error names
+the file and the fix."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import gzip
 import json
 import logging
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from attnlab.errors import DataError
 
 log = logging.getLogger(__name__)
+
+EOT = "<|endoftext|>"  # TinyStories' (and GPT-2's) document separator
+_MAX_DOC_CHARS = 1 << 26  # a longer document most likely means a wrong separator
 
 
 def read_jsonl(path: Path) -> tuple[list[str], np.ndarray]:
@@ -84,3 +89,65 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with gzip.open(tmp, "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     tmp.replace(path)
+
+
+# -- plain-text corpora ---------------------------------------------------------------------------------------------
+def open_text(path: Path, mode: str = "rt") -> IO[str]:
+    """A UTF-8 text file, gzip'd when its name ends in .gz."""
+    return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+
+
+def iter_documents(path: Path, separator: str = EOT) -> Iterator[str]:
+    """The stripped, non-empty documents of a text file, read line by line: one document in memory at a time."""
+    parts: list[str] = []
+    size = 0
+    try:
+        with open_text(path) as f:
+            for line in f:
+                if separator and separator in line:
+                    *ends, rest = line.split(separator)
+                elif not separator and not line.strip():
+                    ends, rest = [line], ""
+                else:
+                    parts.append(line)
+                    size += len(line)
+                    if size > _MAX_DOC_CHARS:
+                        raise DataError(f"{path}: a document runs past {_MAX_DOC_CHARS:,} characters without the separator "
+                                        f"{separator!r}; set data.separator ('' splits at blank lines)")
+                    continue
+                for end in ends:
+                    parts.append(end)
+                    if doc := "".join(parts).strip():
+                        yield doc
+                    parts = []
+                parts, size = [rest], len(rest)
+            if doc := "".join(parts).strip():
+                yield doc
+    except FileNotFoundError:
+        raise DataError(f"missing text file {path}; copy it there or set data.data_dir / data.train_file") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good UTF-8 copy") from None
+
+
+def write_documents(path: Path, docs: Iterable[str], *, separator: str = EOT) -> int:
+    """Write documents, each followed by a separator line (a blank line for separator ""), atomically; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("tmp-" + path.name)  # same suffix: gzip'd alike
+    n = 0
+    with open_text(tmp, "wt") as f:
+        for n, doc in enumerate(docs, 1):
+            f.write(f"{doc}\n{separator}\n")
+    tmp.replace(path)
+    return n
+
+
+def download_documents(hub_id: str, data_dir: Path, files: dict[str, str], *, text_field: str, separator: str) -> None:
+    """Write the hub dataset's splits ({hub split: file name}) as text files under data_dir, a batch of rows at a time."""
+    import datasets  # optional: only needed when the files are missing
+
+    log.info("files missing under %s; downloading %r from the hub", data_dir, hub_id)
+    dataset = datasets.load_dataset(hub_id, cache_dir=str(data_dir / "hf_cache"))
+    for split, name in files.items():
+        rows = dataset[split].iter(batch_size=1024)
+        n = write_documents(data_dir / name, (text for batch in rows for text in batch[text_field]), separator=separator)
+        log.info("wrote %d documents of %r %s to %s", n, hub_id, split, data_dir / name)

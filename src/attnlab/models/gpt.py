@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from attnlab.models.layers import Block, FeedForward, KVCache, LearnedPositions, RotaryPositions, swiglu_hidden
-from attnlab.models.sampling import sample_next
+from attnlab.models.sampling import decode
 
 Positions = Literal["learned", "rotary"]
 _POSITIONS = ("learned", "rotary")
@@ -130,29 +130,17 @@ class GPT(nn.Module):
         longer than max_len, cached keys cannot be reused (their positions would shift), so the remaining steps
         recompute the last max_len tokens: exactly the uncached result, at the uncached speed.
         """
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
-        was_training = self.training
-        self.eval()  # no dropout while sampling; the caller's mode comes back below
-        try:
-            cache = self.new_cache() if use_cache else None
-            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,) rows that produced eos_id
-            for _ in range(max_new_tokens):
-                if cache is not None and idx.size(1) <= self.max_len:
-                    h = self._hidden(idx[:, cache[0].length :], cache)  # the prompt first, then one token a step
-                else:
-                    h = self._hidden(idx[:, -self.max_len :], None)  # (B, T, D) over the cropped context
-                logits = self.lm_head(h[:, -1])  # (B, V): only the last position is sampled from
-                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-                if eos_id is not None:
-                    nxt = nxt.masked_fill(done[:, None], eos_id)  # (B, 1); finished rows pad with eos_id
-                    done |= nxt[:, 0] == eos_id
-                idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
-                if eos_id is not None and bool(done.all()):
-                    break
-            return idx
-        finally:
-            self.train(was_training)
+        cache = self.new_cache() if use_cache else None
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            if cache is not None and tokens.size(1) <= self.max_len:
+                h = self._hidden(tokens[:, cache[0].length :], cache)  # the prompt first, then one token a step
+            else:
+                h = self._hidden(tokens[:, -self.max_len :], None)  # (B, T, D) over the cropped context
+            return self.lm_head(h[:, -1])  # (B, V): only the last position is sampled from
+
+        return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      eos_id=eos_id, generator=generator)
 
 
 def gpt_nano(**kw) -> GPT:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from attnlab.models.sampling import sample_next
+from attnlab.models.sampling import decode
 
 if TYPE_CHECKING:
     from attnlab.data.tokenizers import Tokenizer
@@ -128,32 +128,20 @@ class HFCausalLM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
-        was_training = self.training
-        self.eval()  # no dropout while sampling; the caller's mode comes back below
-        try:
-            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-            cache = None
-            for _ in range(max_new_tokens):
-                if cache is None or (self.context is not None and cache.get_seq_length() >= self.context):
-                    # (Re)read the context, cropped to the position table: past it the window slides and
-                    # the cache restarts.
-                    out = self.model(input_ids=idx if self.context is None else idx[:, -self.context :], use_cache=True)
-                else:
-                    out = self.model(input_ids=idx[:, -1:], past_key_values=cache, use_cache=True)  # one step a token
-                cache = out.past_key_values
-                logits = out.logits[:, -1, : self.vocab_size]  # (B, V)
-                nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-                if eos_id is not None:
-                    nxt = nxt.masked_fill(done[:, None], eos_id)  # finished rows keep emitting eos
-                    done |= nxt[:, 0] == eos_id
-                idx = torch.cat([idx, nxt], dim=1)
-                if eos_id is not None and bool(done.all()):
-                    break
-            return idx
-        finally:
-            self.train(was_training)
+        cache: list[Any] = []  # HF's past_key_values after the tokens read so far
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            past = cache.pop() if cache else None
+            if past is None or (self.context is not None and past.get_seq_length() >= self.context):
+                # (Re)read the context, cropped to the position table: past it the window slides and the cache restarts.
+                out = self.model(input_ids=tokens if self.context is None else tokens[:, -self.context :], use_cache=True)
+            else:
+                out = self.model(input_ids=tokens[:, -1:], past_key_values=past, use_cache=True)  # one step a token
+            cache.append(out.past_key_values)
+            return out.logits[:, -1, : self.vocab_size]  # (B, V)
+
+        return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      eos_id=eos_id, generator=generator)
 
     def save_pretrained(self, directory: str | Path, tokenizer: "Tokenizer | None" = None) -> None:
         """Write a HF folder (config.json, model.safetensors; with a tokenizer its files too) for from_pretrained."""

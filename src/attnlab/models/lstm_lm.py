@@ -7,7 +7,7 @@ accepted only for a uniform interface) and generates at a cost of one LSTM step 
 import torch
 from torch import nn
 
-from attnlab.models.sampling import sample_next
+from attnlab.models.sampling import decode
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (n_layers, B, d_hidden)
 
@@ -68,22 +68,13 @@ class LSTMLM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
-        was_training = self.training
-        self.eval()  # no dropout while sampling; the caller's mode comes back below
-        try:
-            logits, state = self._run(idx)  # read the prompt once
-            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-            for step in range(max_new_tokens):
-                nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-                if eos_id is not None:
-                    nxt = nxt.masked_fill(done[:, None], eos_id)  # finished rows keep emitting eos
-                    done |= nxt[:, 0] == eos_id
-                idx = torch.cat([idx, nxt], dim=1)  # (B, T + step + 1)
-                if (eos_id is not None and bool(done.all())) or step == max_new_tokens - 1:
-                    break
-                logits, state = self._run(nxt, state)  # one step per new token
-            return idx
-        finally:
-            self.train(was_training)
+        state: list[State] = []  # the LSTM state after the tokens read so far
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            new = tokens if not state else tokens[:, -1:]  # the prompt once, then one token a step
+            logits, after = self._run(new, state.pop() if state else None)
+            state.append(after)
+            return logits[:, -1]  # (B, V)
+
+        return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      eos_id=eos_id, generator=generator)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnlab.models.sampling import sample_next
+from attnlab.models.sampling import decode
 
 MIN_DISCOUNT = 0.1  # keeps gamma(h) > 0, so unseen tokens after a seen context keep some mass
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # when n1, n2 or n3 is zero the estimate is undefined (tiny or saturated counts)
@@ -249,16 +249,8 @@ class NGramLM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            logp = self(idx[:, -(self.order - 1) :])[:, -1]  # (B, V): the last order-1 tokens are the whole history
-            nxt = sample_next(logp, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            if eos_id is not None:
-                nxt = nxt.masked_fill(done[:, None], eos_id)  # finished rows keep emitting eos
-                done |= nxt[:, 0] == eos_id
-            idx = torch.cat([idx, nxt], dim=1)
-            if eos_id is not None and bool(done.all()):
-                break
-        return idx
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return self(tokens[:, -(self.order - 1) :])[:, -1]  # (B, V): the last order-1 tokens are the whole history
+
+        return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      eos_id=eos_id, generator=generator)

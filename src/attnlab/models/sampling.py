@@ -6,7 +6,10 @@ random draws come only from `generator` when one is given; with `eos_id`, a row 
 it, and generation stops early (n < max_new_tokens) once every row has.
 """
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 
 def sample_next(
@@ -38,3 +41,43 @@ def sample_next(
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+Step = Callable[[torch.Tensor], torch.Tensor]  # the tokens so far (B, T) -> next-token logits (B, V)
+
+
+@torch.no_grad()
+def decode(
+    model: nn.Module,
+    step: Step,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The loop behind every `generate`: ask `step` for the next logits, sample, append; returns (B, T + n).
+
+    `step` sees the whole sequence so far and may keep state between calls (a KV cache, an LSTM state) to read only
+    what is new. The model is in eval mode (no dropout) while decoding; its mode comes back afterwards.
+    """
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,) rows that produced eos_id
+        for _ in range(max_new_tokens):
+            nxt = sample_next(step(idx), temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done[:, None], eos_id)  # (B, 1); finished rows keep emitting eos_id
+                done |= nxt[:, 0] == eos_id
+            idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
+            if eos_id is not None and bool(done.all()):
+                break
+        return idx
+    finally:
+        model.train(was_training)
