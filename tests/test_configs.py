@@ -15,12 +15,19 @@ from attnlab.errors import ConfigError
 CONF = conf_dir()
 MNIST_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 10, "class_names": [str(i) for i in range(10)]}
 IMDB_FACTS = {"vocab_size": 30000, "pad_id": 0, "max_len": 256, "num_classes": 2, "class_names": ["negative", "positive"]}
-FACTS = {"attnlab.data.mnist.MNISTDataModule": MNIST_FACTS, "attnlab.data.imdb.IMDBDataModule": IMDB_FACTS}
+LM_FACTS = {"vocab_size": 4096, "max_len": 256, "eos_id": 5, "token_bytes": None, "tokenizer": None}
+FACTS = {"attnlab.data.mnist.MNISTDataModule": MNIST_FACTS, "attnlab.data.imdb.IMDBDataModule": IMDB_FACTS,
+         "attnlab.data.corpus.TextCorpusDataModule": LM_FACTS}
+LM = ["data=tinystories_sample", "task=language_modeling"]
 # Options that only make sense with another data set than the default (MNIST).
 NEEDS = {
     **{("model", m): ["data=imdb"] for m in ("rnn", "lstm", "gru", "encoder", "bert", "roberta", "distilbert", "hf_classifier")},
     ("model", "autoencoder"): ["task=reconstruction", "data.target=image"],
     ("data", "imdb"): ["model=lstm"],
+    **{("model", m): LM for m in ("gpt", "lstm_lm", "hf_causal_lm")},
+    ("model", "ngram"): ["data=tinystories_sample", "task=count_lm"],
+    **{("data", d): ["model=gpt", "task=language_modeling"] for d in ("tinystories", "tinystories_sample")},
+    ("data", "text_corpus"): ["model=gpt", "task=language_modeling", "data.train_file=stories.txt"],
 }
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 

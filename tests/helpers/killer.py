@@ -45,4 +45,7 @@ class SigintAtStep(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
+            # As a terminal's Ctrl-C: a process started in the background by a non-interactive shell inherits
+            # SIGINT ignored, so put Python's handler back first.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
