@@ -71,6 +71,7 @@ def compose_cfg(data_dir: Path, out_dir: Path, steps: int, extra: list[str]):
         "trainer.limit_val_batches=1",  # validation runs after the timed steps; the callbacks need its metric
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
         "trainer.accelerator=cpu",
         "trainer.devices=1",
         "task.sample_tokens=0",
