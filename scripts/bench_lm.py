@@ -27,14 +27,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import Callback
 
 from attnlab import build
 from attnlab.cli import conf_dir
 from attnlab.data.corpus import write_fake_corpus
 from attnlab.tasks.base import param_groups
-from attnlab.tracking import HistoryLogger
-from attnlab.train import _build_callbacks
+from bench_overhead import framework_round, steady_step  # scripts/ is on sys.path when a script in it runs
 
 MODES = {  # mode -> config overrides (both sides)
     "fp32": [],
@@ -42,22 +40,6 @@ MODES = {  # mode -> config overrides (both sides)
     "compile": ["compile=true"],
     "bf16+compile": ["trainer.precision=bf16-mixed", "compile=true"],
 }
-
-
-class StepClock(Callback):
-    """Timestamps at the end of every training batch."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.stamps.append(time.perf_counter())
-
-
-def steady_step(stamps: list[float], warmup: int) -> float:
-    """Median seconds per step after the warm-up (compilation, allocator warm-up)."""
-    steady = stamps[warmup:]
-    return statistics.median(b - a for a, b in zip(steady, steady[1:]))
 
 
 def compose_cfg(data_dir: Path, out_dir: Path, steps: int, extra: list[str]):
@@ -79,19 +61,6 @@ def compose_cfg(data_dir: Path, out_dir: Path, steps: int, extra: list[str]):
     ]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
-
-
-def framework_round(cfg, steps: int, warmup: int, out_dir: Path) -> float:
-    """One `trainer.fit` of `steps` batches, built exactly as app/train.py builds it."""
-    L.seed_everything(cfg.seed, verbose=False)
-    datamodule, task = build.assemble(cfg)
-    clock = StepClock()
-    trainer = build.instantiate(
-        cfg.trainer, "trainer", logger=[HistoryLogger(out_dir / "history.csv")], callbacks=[*_build_callbacks(cfg), clock]
-    )
-    trainer.fit(task, datamodule=datamodule)
-    assert len(clock.stamps) == steps, len(clock.stamps)
-    return steady_step(clock.stamps, warmup)
 
 
 def plain_round(cfg, steps: int, warmup: int) -> float:
