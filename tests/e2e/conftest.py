@@ -1,46 +1,61 @@
-"""The `cli` fixture: the repo's scripts run as users run them, in a subprocess, on fake MNIST, results under tmp_path."""
+"""CLI fixtures: the repo's scripts run as users run them, in a subprocess, on generated data, results and caches
+under tmp_path. `cli` trains on fake MNIST, `text_cli` on a fake IMDB, `lm_cli` on a fake story corpus."""
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Small and quiet: fake MNIST (512 train / 128 test), no rich widgets in captured output.
-FAST = [
-    "data.val_size=128",
-    "data.batch_size=32",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # no rich widgets in the output
 
 
-@pytest.fixture
-def cli(tmp_path, fake_mnist_dir):
-    """Run one of the repo's scripts in a subprocess with results under tmp_path."""
+def make_cli(tmp_path: Path, data_root: Path, train_overrides: list[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """A runner for `script *args`; app/train.py gets train_overrides first, so a test's own overrides win."""
 
-    def run(script: str, *args: str, expect: int | None = 0, timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(script: str, *args: str, expect: int | None = 0, timeout: int = 600) -> subprocess.CompletedProcess:
         env = {
             **os.environ,
+            "ATTNLAB_DATA_DIR": str(data_root),
+            "ATTNLAB_CACHE_DIR": str(tmp_path / "cache"),
             "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"),
-            "ATTNLAB_DATA_DIR": str(fake_mnist_dir.parent),
-            "PYTHONPATH": str(REPO / "tests" / "helpers"),
+            "PYTHONPATH": str(REPO / "tests" / "helpers"),  # callbacks that kill or interrupt a run
             "WANDB_MODE": "offline",
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
         }
-        extra = [f"data.data_dir={fake_mnist_dir}", *FAST] if script == "app/train.py" else []
-        flags = [a for a in args if a.startswith("-")]  # -m etc.: argparse wants them before the overrides
+        extra = train_overrides if script == "app/train.py" else []
+        flags = [a for a in args if a.startswith("-")]  # Hydra's flags (-m) go before the overrides
         overrides = [a for a in args if not a.startswith("-")]
-        out = subprocess.run(
-            [sys.executable, str(REPO / script), *flags, *extra, *overrides],  # the test's own overrides win
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-        )
+        out = subprocess.run([sys.executable, str(REPO / script), *flags, *extra, *overrides], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=timeout)
         if expect is not None:
             assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
         return out
 
     run.results = tmp_path / "results"
+    run.cache = tmp_path / "cache"
     return run
+
+
+@pytest.fixture
+def cli(tmp_path, fake_mnist_dir):
+    """Fake MNIST: 512 train (128 kept for validation) / 128 test images, batches of 32."""
+    return make_cli(tmp_path, fake_mnist_dir.parent,
+                    [f"data.data_dir={fake_mnist_dir}", "data.val_size=128", "data.batch_size=32", *QUIET])
+
+
+@pytest.fixture
+def text_cli(tmp_path, fake_imdb_root):
+    """Fake IMDB: 400 train reviews (50 kept for validation), CSV tracking."""
+    return make_cli(tmp_path, fake_imdb_root, ["data.val_size=50", *QUIET, "tracker=csv"])
+
+
+@pytest.fixture
+def lm_cli(tmp_path, fake_stories_root):
+    """Fake stories: context 32 and a 300-token BPE (the corpus is small), 8 sampled tokens, CSV tracking."""
+    return make_cli(tmp_path, fake_stories_root, ["data=tinystories_sample", "data.max_len=32",
+                    "data.tokenizer.max_vocab=300", "++task.sample_tokens=8", *QUIET, "tracker=csv"])

@@ -88,8 +88,10 @@ def test_multirun_writes_one_sweep_with_four_jobs(cli):
     assert len({m["run_id"] for m in manifests}) == 4
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path):
-    common = ["experiment=mnist_cnn", "trainer.max_epochs=3", "trainer.deterministic=true", "~callbacks.early_stopping"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon: conv kernels as matrices, its state in the checkpoint
+def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path, optimizer):
+    common = ["experiment=mnist_cnn", f"optimizer={optimizer}", "trainer.max_epochs=3", "trainer.deterministic=true",
+              "~callbacks.early_stopping"]
     cli("app/train.py", *common, "name=straight")
     # 384 train images / batch 32 = 12 steps per epoch: step 18 is the middle of the second epoch.
     killed = cli("app/train.py", *common, "name=killed", "tracker=wandb",

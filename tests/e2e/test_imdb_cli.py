@@ -2,46 +2,13 @@
 validate (with the run's own tokenizer) -> plot."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ["imdb_lstm", "imdb_bilstm", "imdb_gru", "imdb_bert", "imdb_roberta", "imdb_distilbert"]
 pytestmark = pytest.mark.slow
-# 400 fake train reviews: keep 50 for validation; quiet output.
-FAST = ["data.val_size=50", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "tracker=csv"]
-
-
-@pytest.fixture
-def text_cli(tmp_path, fake_imdb_root):
-    """Run one of the repo's scripts in a subprocess on the fake IMDB, with results and cache under tmp_path."""
-
-    def run(script: str, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
-        env = {
-            **os.environ,
-            "ATTNLAB_DATA_DIR": str(fake_imdb_root),
-            "ATTNLAB_CACHE_DIR": str(tmp_path / "cache"),
-            "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"),
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-        }
-        extra = FAST if script == "app/train.py" else []
-        flags = [a for a in args if a.startswith("-")]  # Hydra's flags (-m) go before the overrides
-        overrides = [a for a in args if not a.startswith("-")]
-        out = subprocess.run([sys.executable, str(REPO / script), *flags, *extra, *overrides], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-        if expect is not None:
-            assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-        return out
-
-    run.results = tmp_path / "results"
-    run.cache = tmp_path / "cache"
-    return run
 
 
 def read(path: Path) -> dict:

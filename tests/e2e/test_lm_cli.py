@@ -2,37 +2,12 @@
 fast_dev_run, then train -> validate -> generate -> plot with a GPT, and a count-based n-gram run."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ["tinystories_gpt", "tinystories_lstm", "tinystories_ngram", "tinystories_hf_gpt2"]
 pytestmark = pytest.mark.slow
-# Context 32 and a 300-token BPE: the generated corpus is small; quiet output.
-FAST = ["data=tinystories_sample", "data.max_len=32", "data.tokenizer.max_vocab=300", "++task.sample_tokens=8", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "tracker=csv"]
-
-
-@pytest.fixture
-def lm_cli(tmp_path, fake_stories_root):
-    def run(script: str, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ATTNLAB_DATA_DIR": str(fake_stories_root), "ATTNLAB_CACHE_DIR": str(tmp_path / "cache"),
-               "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        extra = FAST if script == "app/train.py" else []
-        flags = [a for a in args if a.startswith("-")]
-        overrides = [a for a in args if not a.startswith("-")]
-        out = subprocess.run([sys.executable, str(REPO / script), *flags, *extra, *overrides], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-        if expect is not None:
-            assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-        return out
-
-    run.results = tmp_path / "results"
-    return run
 
 
 def read(path: Path) -> dict:
