@@ -106,3 +106,13 @@ def test_muon_needs_a_matrix_group():
         Muon(model.parameters())
     with pytest.raises(ValueError, match="matrices only"):
         Muon([{"params": [model[0].bias], "name": "decay"}])
+
+
+def test_muon_refuses_a_model_without_torch_matrices():
+    """HF GPT-2 multiplies with its own Conv1D: nothing for Muon, and the error says what to use instead."""
+    from attnlab.models.hf import HFCausalLM
+
+    model = HFCausalLM(vocab_size=100, max_len=16, n_layer=1, n_embd=32, n_head=2)
+    assert [g["name"] for g in param_groups(model)] == ["embedding", "no_decay"]
+    with pytest.raises(ValueError, match="use optimizer=adamw"):
+        Muon(param_groups(model))

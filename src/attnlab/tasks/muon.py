@@ -77,8 +77,9 @@ class Muon(Optimizer):
             else:
                 group["lr"] = adam_lr
         if not any(group["use_muon"] for group in self.param_groups):
-            raise ValueError(f"no parameter group is named one of {list(muon_groups)}, so Muon would update nothing; "
-                             "pass groups from attnlab.tasks.base.param_groups")
+            raise ValueError(f"no parameter group named one of {list(muon_groups)}, so Muon would update nothing: "
+                             "the model has no hidden nn.Linear / nn.Conv / nn.RNN weight matrices (see "
+                             "attnlab.tasks.base.param_groups); use optimizer=adamw")
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
