@@ -23,6 +23,11 @@ from torch.optim import Optimizer
 # The quintic iteration's coefficients from Jordan et al.: they push every singular value into ~[0.7, 1.2] in five
 # steps, which is close enough to 1 for the update and much cheaper than an exact SVD.
 _NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+_MUON_GROUP = "decay"  # param_groups' name for the weight matrices inside the network
+
+
+def _is_muon(group: dict[str, Any]) -> bool:
+    return group.get("name") == _MUON_GROUP
 
 
 def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
@@ -39,7 +44,7 @@ def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
 
 
 class Muon(Optimizer):
-    """Muon for the parameter groups named in `muon_groups` (2-D and up), AdamW for every other group.
+    """Muon for the parameter group named "decay" (2-D and up), AdamW for every other group.
 
     lr is Muon's learning rate; adam_lr the AdamW groups'. A matrix's update is scaled by sqrt(max(1, rows / cols))
     so tall matrices (an MLP's fc1 transposed, ...) get as large a per-entry step as square ones. Weight decay is
@@ -58,7 +63,6 @@ class Muon(Optimizer):
         ns_steps: int = 5,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
-        muon_groups: tuple[str, ...] = ("decay",),
     ) -> None:
         for name, value in (("lr", lr), ("adam_lr", adam_lr), ("weight_decay", weight_decay)):
             if value < 0:
@@ -66,18 +70,17 @@ class Muon(Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        betas=tuple(betas), eps=eps, use_muon=False)
+                        betas=tuple(betas), eps=eps)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            group["use_muon"] = group.get("name") in tuple(muon_groups)
-            if group["use_muon"]:
+            if _is_muon(group):
                 flat = [tuple(p.shape) for p in group["params"] if p.dim() < 2]
                 if flat:
                     raise ValueError(f"Muon updates matrices only; group {group.get('name')!r} holds tensors of shape {flat}")
             else:
                 group["lr"] = adam_lr
-        if not any(group["use_muon"] for group in self.param_groups):
-            raise ValueError(f"no parameter group named one of {list(muon_groups)}, so Muon would update nothing: "
+        if not any(_is_muon(group) for group in self.param_groups):
+            raise ValueError(f"no parameter group named {_MUON_GROUP!r}, so Muon would update nothing: "
                              "the model has no hidden nn.Linear / nn.Conv / nn.RNN weight matrices (see "
                              "attnlab.tasks.base.param_groups); use optimizer=adamw")
 
@@ -88,7 +91,7 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            (self._muon_step if group["use_muon"] else self._adamw_step)(group)
+            (self._muon_step if _is_muon(group) else self._adamw_step)(group)
         return loss
 
     def _muon_step(self, group: dict[str, Any]) -> None:
