@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from attnlab import build
-from attnlab.cli import conf_dir
+from attnlab.config import conf_dir
 from attnlab.data.corpus import write_fake_corpus
-from attnlab.tasks.base import param_groups
+from attnlab.optim import param_groups
 from bench_overhead import framework_round, steady_step  # scripts/ is on sys.path when a script in it runs
 
 MODES = {  # mode -> config overrides (both sides)

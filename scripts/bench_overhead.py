@@ -27,9 +27,9 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 
 from attnlab import build
-from attnlab.cli import conf_dir
+from attnlab.config import conf_dir
 from attnlab.data.mnist import write_fake_mnist
-from attnlab.tasks.base import param_groups
+from attnlab.optim import param_groups
 from attnlab.tracking import HistoryLogger
 from attnlab.train import _build_callbacks
 

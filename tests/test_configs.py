@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from attnlab import build
-from attnlab.cli import conf_dir
+from attnlab.config import conf_dir
 from attnlab.errors import ConfigError
 
 CONF = conf_dir()

@@ -8,8 +8,8 @@ from torch import nn
 
 from attnlab.models.gpt import GPT
 from attnlab.models.lstm_lm import LSTMLM
-from attnlab.tasks.base import param_groups
-from attnlab.tasks.muon import Muon, orthogonalise
+from attnlab.optim import param_groups
+from attnlab.optim.muon import Muon, orthogonalise
 
 
 def _names(model: nn.Module, group: dict) -> set[str]:

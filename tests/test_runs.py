@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from attnlab import runs
 from attnlab.errors import RunError
-from attnlab.tracking import HistoryLogger, read_history
+from attnlab.runs import read_history
+from attnlab.tracking import HistoryLogger
 
 
 def make_run(tmp_path):

@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from attnlab import sweep_summary, sweeps
-from attnlab.cli import conf_dir
+from attnlab import sweeps
+from attnlab.sweeps import summary as sweep_summary
+from attnlab.config import conf_dir
 from attnlab.errors import ConfigError
 
 # Hand-computed: lr=1e-3 -> val/acc 0.90, 0.92, 0.94: mean 0.92, sample std sqrt((0.02² + 0 + 0.02²) / 2) = 0.02.
@@ -125,7 +126,7 @@ def test_resume_decisions(tmp_path):
 
 
 def test_sweep_plots(sweep, tmp_path):
-    from attnlab.sweep_plots import plot_sweep
+    from attnlab.sweeps.plots import plot_sweep
 
     written = {p.name for p in plot_sweep(sweep)}
     assert {"summary.md", "summary.csv", "sweep_optimizer.lr.png", "curves_val_acc.png", "curves_val_loss.png"} <= written
@@ -135,7 +136,7 @@ def test_sweep_plots(sweep, tmp_path):
 def test_optuna_history_plot(tmp_path):
     import optuna
 
-    from attnlab.sweep_plots import optuna_history
+    from attnlab.sweeps.plots import optuna_history
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
@@ -185,7 +186,7 @@ def test_launcher_presets_compose():
 def test_a_nan_return_becomes_a_failed_trial_with_the_jobs_error(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
 
-    from attnlab.optuna_sweeper import TrialFailed, _Launcher
+    from attnlab.sweeps.optuna_sweeper import TrialFailed, _Launcher
 
     make_job(tmp_path, 0, ["optimizer.lr=-1"], status="failed", error={"type": "ValueError", "message": "Invalid learning rate: -1"})
     returns = []

@@ -13,7 +13,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
 
 from attnlab import runs  # noqa: E402
 from attnlab.errors import RunError  # noqa: E402
@@ -116,20 +115,4 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     written = curves(runs.read_history(history_path), out_dir or run_dir / runs.PLOTS)
     if not written:
         raise RunError(f"{history_path} holds no train/val metrics to plot")
-    return written
-
-
-def plot_command(cfg: DictConfig) -> list[Path]:
-    """viz/plot.py run=<dir> | sweep=<dir>."""
-    if bool(cfg.get("run")) == bool(cfg.get("sweep")):
-        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py sweep=<sweep dir>")
-    out = Path(cfg.out) if cfg.get("out") else None
-    if cfg.get("sweep"):
-        from attnlab.sweep_plots import plot_sweep
-
-        written = plot_sweep(Path(cfg.sweep), out)
-    else:
-        written = plot_run(runs.require_run(cfg.run), out)
-    for path in written:
-        log.info("wrote %s", path)
     return written

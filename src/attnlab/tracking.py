@@ -17,7 +17,6 @@ from typing import Any, Literal, Mapping
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from attnlab.runs import read_history  # noqa: F401  (its home is runs.py: readers need no Lightning)
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attnlab import build, runs, sweeps
 from attnlab.callbacks import EpochSeed
-from attnlab.cli import is_multirun, repo_root
+from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
 from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.tracking import read_history
+from attnlab.runs import read_history
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from attnlab.optim import param_groups
+
 Stage = Literal["train", "val", "test"]
 
 
@@ -72,31 +74,6 @@ class Task(L.LightningModule):
 
         if self.trainer.is_global_zero:
             log_figure(list(self.loggers), key, path)
-
-
-# Modules whose 2-D (and up) weights multiply activations: Muon's "hidden matrices".
-_MATMUL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)
-
-
-def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Three named groups: "decay" (weight matrices inside the network), "embedding" (embedding and position
-    tables, the output layer: weight-decayed like matrices) and "no_decay" (biases and norm gains, which decaying
-    only hurts, as in nanoGPT). AdamW and SGD treat the first two alike; Muon (tasks/muon.py) orthogonalises only
-    "decay". The output layer is the last nn.Linear the model registers; a tied head is the embedding itself."""
-    matmul = {id(p) for m in model.modules() if isinstance(m, _MATMUL_MODULES) for p in m.parameters(recurse=False)}
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        matmul.discard(id(linears[-1].weight))
-    embedding_tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) tensors appear once
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2 and id(p) in matmul and id(p) not in embedding_tables],
-         "name": "decay"},
-        {"params": [p for p in params if p.dim() >= 2 and (id(p) not in matmul or id(p) in embedding_tables)],
-         "name": "embedding"},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,12 +1,4 @@
-"""The run directory: resolved config, manifest, final metrics, checkpoints; and loading a run back.
-
-    <run>/config.yaml      resolved config: rebuilds data, model and task
-    <run>/manifest.json    command line, git commit + dirty flag, versions, seed, host, times, status, error
-    <run>/metrics.json     final metrics under their logged names (`test/acc`, ...)
-    <run>/history.csv      every logged value (step, metric, value), whatever tracker was chosen
-    <run>/checkpoints/     `last.ckpt` and the best by the monitored metric
-    <run>/plots/           figures written at test time and by viz/plot.py
-"""
+"""Writing and checking run directories (layout: see attnlab.runs). Plain Python and OmegaConf: no torch here."""
 
 from __future__ import annotations
 

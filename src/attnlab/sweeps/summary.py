@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from attnlab.sweeps import Job, Row, aggregate, best, collect, main_metrics, objective, ranked, swept_keys
+from attnlab.sweeps.jobs import Job, Row, aggregate, best, collect, main_metrics, objective, ranked, swept_keys
 
 log = logging.getLogger("attnlab")
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"

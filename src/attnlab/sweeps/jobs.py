@@ -1,5 +1,5 @@
 """Sweeps: read a sweep directory's jobs, fold seeds into mean ± std per configuration, rank configurations,
-and decide what a sweep resumed in place does with each job. The summary files are written by sweep_summary.py.
+and decide what a sweep resumed in place does with each job. The summary files are written by sweeps/summary.py.
 
     <sweep>/<n>/              one job: a run directory (manifest.json, metrics.json, history.csv, ...)
     <sweep>/<n>/.hydra/       Hydra's record of the job, overrides.yaml included

@@ -4,7 +4,7 @@ Muon replaces each hidden matrix's momentum by the nearest semi-orthogonal matri
 a few Newton-Schulz iterations), so every direction of the update moves at the same rate instead of the few largest
 singular directions dominating. It is meant for the 2-D weights inside the network; input embeddings, the output
 layer, biases and norm gains keep AdamW (as in Keller Jordan's and Moonshot's recipes). `param_groups` in
-tasks/base.py sorts a model's parameters into exactly those groups ("decay" for the hidden matrices).
+optim/groups.py sorts a model's parameters into exactly those groups ("decay" for the hidden matrices).
 
 One optimizer object holds both rules, so Lightning's automatic optimisation, the lr schedules (they scale every
 group's lr by the same factor) and checkpoints see a single optimizer.
@@ -82,7 +82,7 @@ class Muon(Optimizer):
         if not any(_is_muon(group) for group in self.param_groups):
             raise ValueError(f"no parameter group named {_MUON_GROUP!r}, so Muon would update nothing: "
                              "the model has no hidden nn.Linear / nn.Conv / nn.RNN weight matrices (see "
-                             "attnlab.tasks.base.param_groups); use optimizer=adamw")
+                             "attnlab.optim.param_groups); use optimizer=adamw")
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]

@@ -11,8 +11,8 @@ from pathlib import Path
 from matplotlib.ticker import MaxNLocator
 
 from attnlab import runs, sweeps
-from attnlab.sweep_summary import write_summary
 from attnlab.plots import _save, plt
+from attnlab.sweeps.summary import write_summary
 
 log = logging.getLogger(__name__)
 MAX_PANELS = 6

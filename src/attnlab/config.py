@@ -1,0 +1,80 @@
+"""Hydra set-up shared by every command: where the configs live, the resolvers they use, the multirun test.
+
+Imports Hydra and OmegaConf only, so `--help` and `--cfg job` stay fast; train, cli and sweeps import it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+
+def repo_root() -> Path:
+    """The checkout that holds conf/ (the package is installed editable from it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def conf_dir() -> Path:
+    """Where the Hydra configs live: $ATTNLAB_CONF_DIR or <repo>/conf."""
+    path = Path(os.environ.get("ATTNLAB_CONF_DIR", repo_root() / "conf"))
+    if not (path / "train.yaml").is_file():
+        raise SystemExit(
+            f"attnlab: no configs at {path} (looked for train.yaml); install the package editable from the repo "
+            "(pip install -e .) or set ATTNLAB_CONF_DIR to the repo's conf/ folder"
+        )
+    return path
+
+
+def _run_dir(resume: Any, fresh: str) -> str:
+    """hydra.run.dir: the run being resumed, else a fresh directory."""
+    if isinstance(resume, bool):  # `resume=true` names no run; only a sweep resumes in place (checked by train)
+        return fresh
+    return str(Path(resume).expanduser().resolve()) if resume else fresh
+
+
+def _choices(*groups: str, _root_: DictConfig) -> str:
+    """`${attnlab_choices:data,model}` -> "mnist_cnn": the chosen options, joined.
+
+    Reads the choices from the config root while Hydra's node is in it (a launcher naming a sweep directory),
+    else from the running job's HydraConfig.
+    """
+    node = _root_.get("hydra") if "hydra" in _root_ else None
+    choices = node.runtime.choices if node is not None else HydraConfig.get().runtime.choices
+    return "_".join(str(choices.get(group)) for group in groups)
+
+
+def _job_gpu(n_gpus: int) -> int:
+    """`${attnlab_job_gpu:4}` -> this sweep job's GPU, job number modulo the GPU count (0 outside a sweep)."""
+    job = HydraConfig.get().job if HydraConfig.initialized() else None
+    num = job.get("num") if job is not None else None
+    return int(num) % int(n_gpus) if isinstance(num, int) else 0
+
+
+def register_resolvers() -> None:
+    """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
+    resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
+        "attnlab_root": (lambda: str(repo_root()), True),
+        # Cached per config and copied by Hydra to every job of a sweep, so a sweep shares one id while two
+        # runs started in the same second never collide.
+        "attnlab_uid": (lambda: secrets.token_hex(3), True),
+        "attnlab_run_dir": (_run_dir, False),
+        "attnlab_choices": (_choices, False),
+        "attnlab_job_gpu": (_job_gpu, False),
+    }
+    for name, (fn, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
+
+
+register_resolvers()
+
+
+def is_multirun() -> bool:
+    """True inside a job of a Hydra multirun (a sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
