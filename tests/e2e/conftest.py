@@ -22,7 +22,8 @@ def make_cli(tmp_path: Path, data_root: Path, train_overrides: list[str]) -> Cal
             "ATTNLAB_DATA_DIR": str(data_root),
             "ATTNLAB_CACHE_DIR": str(tmp_path / "cache"),
             "ATTNLAB_RESULTS_DIR": str(tmp_path / "results"),
-            "PYTHONPATH": str(REPO / "tests" / "helpers"),  # callbacks that kill or interrupt a run
+            # This checkout's package (whichever checkout the tests run from) and callbacks that kill or interrupt a run.
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests" / "helpers")]),
             "WANDB_MODE": "offline",
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
