@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Data: ../shared/data when it sits beside the checkout (CI, the team's machines), else ./data (filled from the hub).
 export ATTNLAB_DATA_DIR ?= $(abspath $(firstword $(wildcard ../shared/data) data))
+# make train runs the quick MNIST recipe (minutes on 2 cores); make train EXPERIMENT=mnist_cnn runs the full one.
+EXPERIMENT ?= mnist_quick
 ARGS ?=
 
 .PHONY: install train test test-fast bench clean
@@ -18,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 train: install
-	$(BIN)/python app/train.py experiment=mnist_cnn $(ARGS)
+	$(BIN)/python app/train.py experiment=$(EXPERIMENT) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -79,15 +79,39 @@ class Throughput(Callback):
 
 
 class EpochSummary(Callback):
-    """One log line per epoch with the epoch's metrics: progress in log files, where no progress bar draws."""
+    """One log line per epoch with the epoch's metrics, the time it took and the estimated time left: progress in
+    log files, where no progress bar draws."""
+
+    def __init__(self) -> None:
+        self._start = self._epoch_start = 0.0
+        self._epochs = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._epochs = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        now = time.perf_counter()
+        self._epochs += 1
         shown = {
             k: float(v)
             for k, v in sorted(trainer.callback_metrics.items())
             if k.startswith(("train/", "val/")) and not k.endswith("_step") and "/lr" not in k
         }
         text = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
-        log.info("epoch %d/%d  %s", trainer.current_epoch + 1, trainer.max_epochs, text)
+        # The mean epoch so far (validation included) times the epochs left; early stopping may end sooner.
+        left = max(trainer.max_epochs - trainer.current_epoch - 1, 0) if trainer.max_epochs and trainer.max_epochs > 0 else 0
+        eta = (now - self._start) / self._epochs * left
+        log.info("epoch %d/%d  %s  (%s, about %s left)", trainer.current_epoch + 1, trainer.max_epochs, text,
+                 _duration(now - self._epoch_start), _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    """`75.4` -> `1m15s`."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
