@@ -172,21 +172,48 @@ def instantiate(node: DictConfig, path: str, facts: Mapping[str, Any] | None = N
         raise ConfigError(f"{path} ({_describe(target)}): {err}") from err
 
 
-def assemble(cfg: DictConfig, artifacts: Path | None = None) -> tuple[Any, Any]:
-    """data -> model -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
-
-    Facts of the data (`num_classes`, `image_size`, `vocab_size`, ...) reach the model and the task from
-    `datamodule.facts()`, never from YAML. `artifacts`: a run directory whose saved data artifacts (a trained
-    tokenizer) the data module reuses, if it has `load_artifacts(run_dir)`; see `save_artifacts` in train.py.
-    """
+def make_datamodule(cfg: DictConfig, artifacts: Path | None = None) -> Any:
+    """The configured LightningDataModule; reads no data. `artifacts`: a run directory whose saved data artifacts (a
+    trained tokenizer) it reuses, if it has `load_artifacts(run_dir)`; see `save_artifacts` in train.py."""
     datamodule = instantiate(cfg.data, "data")
     if artifacts is not None and hasattr(datamodule, "load_artifacts"):
         datamodule.load_artifacts(artifacts)
-    facts = datamodule.facts()
-    model = instantiate(cfg.model, "model", facts)
+    return datamodule
+
+
+def transform_model(model: Any, cfg: DictConfig) -> Any:
+    """The one place a built model is changed before use (today `compile`; adapters next), the same at training,
+    validation and loading. Weights are loaded before it, into the plain model; state_dict keys stay the plain model's."""
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys stay those of the plain model
-    optimizer = instantiate(cfg.optimizer, "optimizer")
-    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, "task", facts, model=model, optimizer=optimizer, scheduler=scheduler)
-    return datamodule, task
+    return model
+
+
+def make_model(cfg: DictConfig, facts: Mapping[str, Any], init: Callable[[Any], Any] | None = None) -> Any:
+    """cfg.model with the data's facts; `init(model)` loads weights into the plain model, then `transform_model`."""
+    model = instantiate(cfg.model, "model", facts)
+    if init is not None:
+        init(model)
+    return transform_model(model, cfg)
+
+
+def make_task(cfg: DictConfig, model: Any, facts: Mapping[str, Any], *, training: bool = True) -> Any:
+    """cfg.task around a built model; `training=False` (evaluation only) builds no optimizer or schedule."""
+    optimizer = instantiate(cfg.optimizer, "optimizer") if training else None
+    scheduler = instantiate(cfg.scheduler, "scheduler") if training and cfg.get("scheduler") else None
+    return instantiate(cfg.task, "task", facts, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def assemble(
+    cfg: DictConfig, artifacts: Path | None = None, init: Callable[[Any], Any] | None = None
+) -> tuple[Any, Any]:
+    """data -> model -> transform -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
+
+    Facts of the data (`num_classes`, `image_size`, `vocab_size`, ...) reach the model and the task from
+    `datamodule.facts()`, never from YAML. `artifacts`: see `make_datamodule`. `init(model)`: weights for the plain
+    model before it is transformed (`init_from`).
+    """
+    datamodule = make_datamodule(cfg, artifacts)
+    facts = datamodule.facts()
+    model = make_model(cfg, facts, init)
+    return datamodule, make_task(cfg, model, facts)

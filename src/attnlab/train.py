@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -52,6 +52,23 @@ def _start_checkpoint(cfg: DictConfig) -> Path | None:
     return path
 
 
+def _init_source(cfg: DictConfig) -> Path | None:
+    """`init_from=`: the checkpoint whose model weights a new run starts from, checked to exist."""
+    if not cfg.get("init_from"):
+        return None
+    if cfg.get("ckpt_path"):
+        raise ConfigError("init_from and ckpt_path both given: ckpt_path continues a run (weights, optimizer and loop "
+                          "state), init_from starts a new one from another run's weights only; choose one")
+    return runs.resolve_init_from(cfg.init_from)
+
+
+def _weights_from(cfg: DictConfig, source: Path | None, loaded: list[runs.WeightMatch]) -> Callable[[Any], None] | None:
+    """build.assemble's `init`: load `source`'s weights into the plain model, keeping what matched in `loaded`."""
+    if source is None:
+        return None
+    return lambda model: loaded.append(runs.init_weights(model, source, strict=bool(cfg.get("init_from_strict", True))))
+
+
 def _run_identity(run_dir: Path, cfg: DictConfig) -> tuple[str, str | None, str]:
     """(run id, sweep group, display name). Jobs of a sweep share the sweep's name as their group."""
     if not is_multirun():
@@ -88,11 +105,17 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed)]
 
 
-def fit_and_test(cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str]) -> dict[str, Any]:
-    """Build everything, fit, test; returns the final metrics."""
+def fit_and_test(
+    cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str], init_from: Path | None = None
+) -> dict[str, Any]:
+    """Build everything (the model from `init_from`'s weights when given), fit, test; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
-    datamodule, task = build.assemble(cfg, artifacts=run.dir)
+    loaded: list[runs.WeightMatch] = []
+    datamodule, task = build.assemble(cfg, artifacts=run.dir, init=_weights_from(cfg, init_from, loaded))
+    if loaded and _is_rank_zero():
+        run.update(init_from={"checkpoint": str(init_from), "strict": bool(cfg.get("init_from_strict", True)),
+                              "loaded": len(loaded[0].matched), "not_loaded": loaded[0].not_loaded()})
     if _is_rank_zero() and hasattr(datamodule, "save_artifacts"):
         datamodule.save_artifacts(run.dir)
     task.figures_dir = run.dir / runs.PLOTS
@@ -125,7 +148,7 @@ def dry_run(cfg: DictConfig) -> None:
 
     Trackers are left out (they would create runs) and no data is read, so a bad override fails in seconds.
     """
-    build.assemble(cfg)
+    build.assemble(cfg, init=_weights_from(cfg, _init_source(cfg), []))
     build.instantiate(cfg.trainer, "trainer", logger=False, callbacks=_build_callbacks(cfg))
     overrides = " ".join(HydraConfig.get().overrides.task)
     log.info("dry run ok: %s%s", cfg.name, f" [{overrides}]" if overrides else "")
@@ -176,6 +199,7 @@ def train(cfg: DictConfig) -> float | None:
     cfg, run_dir, ckpt_path, action = _plan(cfg)
     if action == "skip":
         return sweeps.stored_objective(run_dir, cfg.get("objective"))
+    init_from = _init_source(cfg) if action == "start" else None  # once, when a run starts; a resume has its weights
     run = runs.Run(run_dir)
     previous_ids: dict[str, str] = {}
     if _is_rank_zero():
@@ -186,7 +210,7 @@ def train(cfg: DictConfig) -> float | None:
             run.start(cfg, run_id=run_id, group=group, root=repo_root(), overrides=list(HydraConfig.get().overrides.task))
     log.info("run directory: %s (torch threads: %d)", run_dir, torch.get_num_threads())
     try:
-        metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids)
+        metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids, init_from=init_from)
     except BaseException as err:
         finish_tracker_runs(ok=False)
         if _is_rank_zero():

@@ -10,26 +10,10 @@ import lightning as L
 from omegaconf import DictConfig
 
 from attnlab import build, runs
-from attnlab.errors import ConfigError, RunError
+from attnlab.errors import ConfigError
 
 log = logging.getLogger("attnlab")
 SPLITS = ("test", "val")
-
-
-def load_run(run_dir: str | Path, ckpt: str = "best", data_dir: str | None = None) -> tuple[DictConfig, Any, Any, Path]:
-    """Rebuild (config, datamodule, task with the checkpoint's weights, checkpoint path) from a run directory."""
-    path = runs.require_run(run_dir)
-    cfg = runs.load_config(path)
-    if data_dir:
-        cfg.data.data_dir = str(Path(data_dir).expanduser().resolve())
-    ckpt_path = runs.find_checkpoint(path, ckpt)
-    state = runs.load_checkpoint(ckpt_path)["state_dict"]
-    datamodule, task = build.assemble(cfg, artifacts=path)  # the run's own tokenizer, when it saved one
-    try:
-        task.load_state_dict(state)
-    except RuntimeError as err:
-        raise RunError(f"{ckpt_path} does not fit the model in {path / runs.CONFIG}: {str(err)[:400]}") from None
-    return cfg, datamodule, task, ckpt_path
 
 
 def _print_table(title: str, metrics: dict[str, float | None]) -> None:
@@ -50,8 +34,13 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("say which run to validate: python val/validate.py run=<run dir>")
     if cfg.split not in SPLITS:
         raise ConfigError(f"unknown split '{cfg.split}'; choose one of: {', '.join(SPLITS)}")
-    run_cfg, datamodule, task, ckpt_path = load_run(cfg.run, str(cfg.ckpt), cfg.get("data_dir"))
-    run_dir = Path(run_cfg.paths.output_dir)
+    loaded = runs.load_model(cfg.run, str(cfg.ckpt))
+    run_cfg, run_dir, ckpt_path = loaded.cfg, loaded.run_dir, loaded.checkpoint
+    if cfg.get("data_dir"):
+        run_cfg.data.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+    # Around the loaded model: the task (its metrics, no optimizer) and the data module of the split evaluated.
+    datamodule = build.make_datamodule(run_cfg, artifacts=run_dir)
+    task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
     out_dir = run_dir / "validation"
     task.figures_dir = out_dir / cfg.split
     L.seed_everything(run_cfg.seed, verbose=False)

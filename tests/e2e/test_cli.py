@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from attnlab import runs
 from attnlab.runs import read_history
 
 pytestmark = pytest.mark.slow
@@ -76,6 +78,33 @@ def test_all_trackers_at_once_and_starting_from_a_checkpoint(cli):
     history = read_history(second / "history.csv")
     assert "val/mse" in history and read(second / "manifest.json")["status"] == "completed"
     assert min(value for _, value in history["epoch"]) == 1.0  # it went on from epoch 1, not from scratch
+
+
+def test_init_from_fine_tunes_a_classifier_with_a_new_head(cli, tmp_path):
+    short = ["experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
+    cli("app/train.py", *short)
+    source = only_run(cli.results)
+    weights = runs.model_weights(runs.load_checkpoint(runs.find_checkpoint(source, "best")))
+    head = {"head.2.weight": ([64, 3136], [128, 3136]), "head.2.bias": ([64], [128]), "head.5.weight": ([10, 64], [10, 128])}
+
+    out = cli("app/train.py", *short, f"init_from={source}", "model.hidden=64", expect=2)  # strict by default
+    for name, (mine, theirs) in head.items():  # hidden 128 -> 64: the head's shapes differ
+        assert f"{name}: shape {mine} here, {theirs} in the source" in out.stderr
+    assert "init_from_strict=false" in out.stderr and "Traceback" not in out.stderr
+
+    initial = tmp_path / "initial.pt"  # the fine-tuned model's weights as training starts
+    cli("app/train.py", *short, f"init_from={source}", "model.hidden=64", "init_from_strict=false",
+        "+callbacks.snapshot._target_=snapshot.InitialWeights", f"+callbacks.snapshot.path={initial}")
+    others = {p: read(p / "manifest.json") for p in (cli.results / "runs").iterdir() if p != source}
+    assert sorted(m["status"] for m in others.values()) == ["completed", "failed"]  # the refused run says why it failed
+    tuned, manifest = next((p, m) for p, m in others.items() if m["status"] == "completed")
+    assert manifest["init_from"]["checkpoint"].startswith(str(source))
+    assert sorted(line.split(":")[0] for line in manifest["init_from"]["not_loaded"]) == sorted(head)
+    start = torch.load(initial, weights_only=True)
+    features = [k for k in weights if k.startswith("features.")]
+    assert features and all(torch.equal(start[k], weights[k]) for k in features)  # the features came from the source
+    assert torch.equal(start["head.5.bias"], weights["head.5.bias"])  # same name and shape: loaded too
+    assert all(list(start[k].shape) == mine for k, (mine, _) in head.items())  # the new head: its own shapes and values
 
 
 def test_multirun_writes_one_sweep_with_four_jobs(cli):

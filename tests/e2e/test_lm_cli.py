@@ -58,7 +58,14 @@ def test_gpt_train_validate_generate_plot(lm_cli):
     assert list((run / "plots").glob("*.png"))
 
 
-def test_generate_refuses_a_classification_run_and_bad_arguments(lm_cli, tmp_path):
+def test_generate_refuses_a_classification_run_and_bad_arguments(cli, lm_cli):
+    # A real classification run with a checkpoint (fast_dev_run saves none, which generate would refuse for that).
+    cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1", "test=false")
+    (run,) = list((cli.results / "runs").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = cli("app/generate.py", f"run={run}", expect=2)
+    assert "is not a language-model run" in out.stderr and "CNN" in out.stderr and "Traceback" not in out.stderr
     out = lm_cli("app/generate.py", "run=/nonexistent/run", expect=2)
     assert "does not exist" in out.stderr
     out = lm_cli("app/generate.py", expect=2)

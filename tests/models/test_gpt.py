@@ -248,3 +248,28 @@ def test_attention_cache_appends_and_refuses_overflow() -> None:
     torch.testing.assert_close(torch.cat(steps, dim=1), attn(x, is_causal=True), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="KV cache holds at most max_len 6 positions, got 6 cached \\+ 1 new"):
         attn(x[:, :1], is_causal=True, cache=cache)
+
+
+class _CharTokenizer:
+    """Characters a..x are ids 1..24, id 0 is end-of-text: enough to drive sample_text."""
+
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [1 + (ord(c) - ord("a")) % 24 for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(ord("a") + i - 1) for i in ids if i > 0)
+
+
+def test_sample_text_continues_each_prompt_after_an_end_of_text_reproducibly() -> None:
+    from attnlab.models.sampling import sample_text
+
+    model, tok = tiny(), _CharTokenizer()
+    texts = sample_text(model, tok, ["abc", "hello"], 6, seed=3, top_k=10)
+    assert texts == sample_text(model, tok, ["abc", "hello"], 6, seed=3, top_k=10)  # a private seeded generator
+    assert texts[0].startswith("abc") and texts[1].startswith("hello")
+    greedy = model.generate(torch.tensor([[0, *tok.encode("abc")]]), 6, temperature=0, eos_id=0)
+    assert sample_text(model, tok, ["abc"], 6, temperature=0) == ["abc" + tok.decode(greedy[0, 4:].tolist())]
+    with pytest.raises(ValueError, match="has no generate"):
+        sample_text(torch.nn.Linear(2, 2), tok, ["abc"], 3)

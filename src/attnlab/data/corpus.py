@@ -221,12 +221,19 @@ class TextCorpusDataModule(L.LightningDataModule):
         """Keep the tokenizer in the run directory: validation and generation reuse exactly these ids."""
         self.tokenizer.save(Path(run_dir) / ARTIFACT_DIR)
 
-    def load_artifacts(self, run_dir: Path) -> None:
-        """Use the tokenizer a run saved, if it saved one, instead of building it from the settings."""
+    def load_artifacts(self, run_dir: Path) -> bool:
+        """Use the tokenizer a run saved, if it saved one, instead of building it from the settings; True if it did.
+        With it, `facts()` and `preprocessing()` read no data."""
         path = Path(run_dir) / ARTIFACT_DIR
-        if path.is_dir():
-            self._tok, self._token_bytes = Tokenizer.load(path), None
-            log.info("tokenizer from %s (vocabulary %d)", path, self._tok.vocab_size)
+        if not path.is_dir():
+            return False
+        self._tok, self._token_bytes = Tokenizer.load(path), None
+        log.info("tokenizer from %s (vocabulary %d)", path, self._tok.vocab_size)
+        return True
+
+    def preprocessing(self) -> Tokenizer:
+        """What turns raw text into the model's input ids: the run's tokenizer."""
+        return self.tokenizer
 
     # -- files -------------------------------------------------------------------------------------------------
     def _find(self, name: str | None) -> Path | None:

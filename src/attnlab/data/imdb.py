@@ -103,12 +103,19 @@ class IMDBDataModule(L.LightningDataModule):
         """Keep the tokenizer in the run directory: validation and resumed runs reuse exactly these ids."""
         self._tokenizer().save(Path(run_dir) / ARTIFACT_DIR)
 
-    def load_artifacts(self, run_dir: Path) -> None:
-        """Use the tokenizer a run saved, if it saved one, instead of building it from the settings."""
+    def load_artifacts(self, run_dir: Path) -> bool:
+        """Use the tokenizer a run saved, if it saved one, instead of building it from the settings; True if it did.
+        With it, `facts()` and `preprocessing()` read no data."""
         path = Path(run_dir) / ARTIFACT_DIR
-        if path.is_dir():
-            self.tokenizer = Tokenizer.load(path)
-            log.info("tokenizer from %s (vocabulary %d)", path, self.tokenizer.vocab_size)
+        if not path.is_dir():
+            return False
+        self.tokenizer = Tokenizer.load(path)
+        log.info("tokenizer from %s (vocabulary %d)", path, self.tokenizer.vocab_size)
+        return True
+
+    def preprocessing(self) -> Tokenizer:
+        """What turns raw text into the model's input ids: the run's tokenizer (then truncation and specials, see setup)."""
+        return self._tokenizer()
 
     # -- sources ---------------------------------------------------------------------------------------------
     def _sources(self) -> dict[str, Path]:

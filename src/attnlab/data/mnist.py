@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from attnlab.data.images import ImageNormalization
 from attnlab.data.loading import BatchedTensorDataset, make_loader
 from attnlab.errors import ConfigError, DataError
 
@@ -33,6 +34,7 @@ NUM_CLASSES = 10
 _MAGIC = {0x00000801: 1, 0x00000803: 3}  # uint8 labels (N,), uint8 images (N, rows, cols)
 _FIX = "delete it and re-run to download it again, or copy the standard file from the MNIST distribution"
 TARGETS = ("label", "image")
+PIXELS = ImageNormalization(channels=1, image_size=IMAGE_SIZE)  # uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -131,7 +133,7 @@ class MNISTBatch:
     def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         images, labels, *fixed = batch  # (B, 28, 28) uint8, (B,) int64, optional (B, 28, 28) float32 N(0, 1)
         images = random_shift(images, self.max_shift)
-        clean = images.unsqueeze(1).to(torch.float32).div_(255)  # (B, 1, 28, 28)
+        clean = PIXELS(images)  # (B, 1, 28, 28)
         x = clean
         if self.noise_std > 0:
             noise = fixed[0].unsqueeze(1) if fixed else torch.randn_like(clean)
@@ -188,6 +190,10 @@ class MNISTDataModule(L.LightningDataModule):
             "num_classes": NUM_CLASSES,
             "class_names": [str(k) for k in range(NUM_CLASSES)],
         }
+
+    def preprocessing(self) -> ImageNormalization:
+        """What turns raw images into the model's input (fixed: nothing of it is learned from the data)."""
+        return PIXELS
 
     def _path(self, key: str) -> Path:
         """The file for `key`: the .gz name, or the uncompressed name when only that exists."""

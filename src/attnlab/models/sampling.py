@@ -4,9 +4,14 @@ The `generate` methods built on it share one contract: `generate(idx (B, T), max
 top_k=None, top_p=None, eos_id=None, generator=None) -> (B, T + n)` under torch.no_grad(). temperature 0 is greedy;
 random draws come only from `generator` when one is given; with `eos_id`, a row that has produced it keeps producing
 it, and generation stops early (n < max_new_tokens) once every row has.
+
+`sample_text` puts text around it: prompts in, continuations out, with any tokenizer that has encode, decode and
+eos_id (attnlab.data.tokenizers.Tokenizer). The training task's samples and app/generate.py both use it.
 """
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,3 +86,28 @@ def decode(
         return idx
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def sample_text(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, *, seed: int = 0, **sampling: Any
+) -> list[str]:
+    """Continue each prompt with `model.generate` (sampling: temperature, top_k, top_p, use_cache, ...).
+
+    A prompt starts after the end-of-text token, as a story does in training. Random draws come from a private
+    generator seeded by `seed`, so the samples are reproducible whatever else used the global RNG.
+    """
+    if not hasattr(model, "generate"):
+        raise ValueError(f"{type(model).__name__} has no generate(): it is not a language model")
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos = tokenizer.eos_id
+    texts = []
+    for prompt in prompts:  # one at a time: prompts differ in length and need no padding then
+        ids = tokenizer.encode(prompt)
+        if eos is not None:
+            ids = [eos, *ids]
+        idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T0)
+        out = model.generate(idx, max_new_tokens, eos_id=eos, generator=generator, **sampling)  # (1, T0 + n)
+        texts.append(prompt + tokenizer.decode(out[0, len(ids):].tolist()))
+    return texts

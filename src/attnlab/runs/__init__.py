@@ -8,7 +8,8 @@
     <run>/plots/           figures written at test time and by viz/plot.py
 
 directory.py writes and validates run directories (no torch, no Lightning); loading.py rebuilds a trained model
-from one (`load_model`) for validate, generate and every later consumer. Imports build, data, errors; never train.
+from one (`load_model`) for validate, generate and every later consumer, and loads another run's weights into a new
+run (`init_weights`, for `init_from=`). Imports build and errors (data and models through the config); never train.
 """
 
 from attnlab.runs.directory import (
@@ -32,9 +33,11 @@ from attnlab.runs.directory import (
     require_run,
     write_json,
 )
+from attnlab.runs.loading import LoadedRun, WeightMatch, init_weights, load_model, match_weights, model_weights, resolve_init_from
 
 __all__ = [
-    "CHECKPOINTS", "CONFIG", "HISTORY", "MANIFEST", "METRICS", "PLOTS", "Run", "describe_error", "find_checkpoint",
-    "finite_metrics", "git_state", "load_checkpoint", "load_config", "package_versions", "read_history", "read_json",
-    "record_failure", "require_run", "write_json",
+    "CHECKPOINTS", "CONFIG", "HISTORY", "MANIFEST", "METRICS", "PLOTS", "LoadedRun", "Run", "WeightMatch",
+    "describe_error", "find_checkpoint", "finite_metrics", "git_state", "init_weights", "load_checkpoint", "load_config",
+    "load_model", "match_weights", "model_weights", "package_versions", "read_history", "read_json", "record_failure",
+    "require_run", "resolve_init_from", "write_json",
 ]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MinMetric, SumMetric
 
+from attnlab.models.sampling import sample_text
 from attnlab.tasks.base import Stage, Task
 
 log = logging.getLogger("attnlab")
@@ -107,30 +108,13 @@ class LanguageModelingTask(Task):
         self.log_dict(self._corpus_metrics("test"))
 
     # -- samples ---------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, prompts: Sequence[str], max_new_tokens: int, *, seed: int = 0, **sampling: Any) -> list[str]:
-        """Continue each prompt with the model's `generate`; a private seeded generator, so samples are reproducible."""
-        tok = self.tokenizer
-        if tok is None or not hasattr(self.model, "generate"):
-            raise ValueError("sampling needs the data's tokenizer and a model with generate()")
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        texts = []
-        for prompt in prompts:  # one at a time: prompts differ in length and need no padding then
-            ids = tok.encode(prompt)
-            if tok.eos_id is not None:
-                ids = [tok.eos_id, *ids]  # a story starts after an end-of-text, as in training
-            idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
-            out = self.model.generate(idx, max_new_tokens, eos_id=tok.eos_id, generator=generator, **sampling)
-            texts.append(prompt + tok.decode(out[0, len(ids):].tolist()))
-        return texts
-
     def log_samples(self) -> None:
         """Continue the fixed prompts; log the texts to the trackers and append them to plots/samples.md."""
         if not (self.prompts and self.sample_tokens and self.tokenizer is not None and self.trainer.is_global_zero):
             return
         if not hasattr(self.model, "generate"):
             return
-        texts = self.sample(self.prompts, self.sample_tokens, seed=self.sample_seed,
+        texts = sample_text(self.model, self.tokenizer, self.prompts, self.sample_tokens, seed=self.sample_seed,
                             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         step = self.trainer.global_step
         from attnlab.tracking import log_text

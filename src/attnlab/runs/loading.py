@@ -1,0 +1,155 @@
+"""Loading a trained run: `load_model` for every consumer (validate, generate, serving, export, fine-tuning), and
+`init_weights`, which starts a new run from another run's model weights (`init_from=`).
+
+Both rebuild the model from the run's resolved config and the data module's facts, and neither builds an optimizer,
+a trainer or trackers, nor reads training data: a data module states its facts from the artifacts the run saved (its
+tokenizer) or from constants (MNIST's image size). torch is imported inside the functions, so `attnlab.runs` stays
+light for the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from attnlab import build
+from attnlab.errors import ConfigError, RunError
+from attnlab.runs.directory import CONFIG, find_checkpoint, load_checkpoint, load_config, require_run
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+log = logging.getLogger("attnlab")
+
+MODEL_PREFIX = "model."  # a task holds its model as `self.model`, so a checkpoint names the model's tensors model.*
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to use: for an image run, `model(preprocess(uint8 images))` is what its task computed."""
+
+    model: nn.Module  # the checkpoint's weights, eval mode, transformed as at training (`compile`)
+    preprocess: Any  # raw input -> what the model reads: an ImageNormalization (images) or the run's tokenizer (text)
+    cfg: DictConfig  # the run's resolved config (paths.output_dir: where the run is now)
+    facts: dict[str, Any]  # the data module's facts (num_classes, vocab_size, ...), as training passed them
+    checkpoint: Path
+    run_dir: Path
+
+    @property
+    def tokenizer(self) -> Any:
+        """The run's tokenizer, or None for a run whose input is not text."""
+        return self.preprocess if hasattr(self.preprocess, "decode") else None
+
+
+def model_weights(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The model's tensors of a Lightning checkpoint under the plain model's names (`model.` prefix removed)."""
+    state = ckpt["state_dict"]
+    return {key[len(MODEL_PREFIX):]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
+
+
+def load_model(run_dir: str | Path, ckpt: str | Path = "best") -> LoadedRun:
+    """The model of a run with a checkpoint's weights (`best`, `last` or a .ckpt path), its preprocessing, config
+    and data facts. Reads config.yaml, the checkpoint and the saved data artifacts, nothing else."""
+    path = require_run(run_dir)
+    cfg = load_config(path)
+    ckpt_path = find_checkpoint(path, str(ckpt))
+    weights = model_weights(load_checkpoint(ckpt_path))
+    datamodule = build.make_datamodule(cfg)
+    if hasattr(datamodule, "load_artifacts") and not datamodule.load_artifacts(path):
+        raise RunError(f"{path} holds no saved data artifacts (the tokenizer/ folder training writes there), so its "
+                       "input ids cannot be rebuilt without the training data; copy that folder back into the run")
+    facts = datamodule.facts()
+    preprocess = datamodule.preprocessing() if hasattr(datamodule, "preprocessing") else None
+
+    def load(model: nn.Module) -> None:
+        try:
+            model.load_state_dict(weights)  # the model's own rules (an n-gram's count tables vary in size)
+        except RuntimeError as err:
+            match = match_weights(model.state_dict(), weights)
+            why = match.describe() if not match.complete else " ".join(str(err).split())[:600]
+            raise RunError(f"{ckpt_path} does not fit the model in {path / CONFIG}: {why}") from None
+
+    model = build.make_model(cfg, facts, init=load)
+    model.eval()
+    return LoadedRun(model=model, preprocess=preprocess, cfg=cfg, facts=dict(facts), checkpoint=ckpt_path, run_dir=path)
+
+
+# -- init_from: another run's weights in a new model ------------------------------------------------------------------
+@dataclass
+class WeightMatch:
+    """How a source's tensors map onto a model's, by name and shape."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the source: keep their initial values
+    unexpected: list[str] = field(default_factory=list)  # in the source, not in the model
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # (name, model, source)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def not_loaded(self) -> list[str]:
+        """Every tensor that does not match, described in a few words."""
+        return ([f"{name}: shape {list(mine)} here, {list(theirs)} in the source" for name, mine, theirs in self.mismatched]
+                + [f"{name}: not in the source" for name in self.missing]
+                + [f"{name}: in the source only" for name in self.unexpected])
+
+    def describe(self, limit: int = 12) -> str:
+        lines = self.not_loaded()
+        more = f"; and {len(lines) - limit} more" if len(lines) > limit else ""
+        return "; ".join(lines[:limit]) + more
+
+
+def match_weights(model_state: Mapping[str, Tensor], source: Mapping[str, Tensor]) -> WeightMatch:
+    """Match a source's tensors to a model's state_dict by name and shape."""
+    match = WeightMatch()
+    for name, tensor in model_state.items():
+        if name not in source:
+            match.missing.append(name)
+        elif tuple(source[name].shape) != tuple(tensor.shape):
+            match.mismatched.append((name, tuple(tensor.shape), tuple(source[name].shape)))
+        else:
+            match.matched.append(name)
+    match.unexpected = [name for name in source if name not in model_state]
+    return match
+
+
+def resolve_init_from(value: str | Path) -> Path:
+    """`init_from=`: a run directory (its best checkpoint) or a .ckpt file, checked to exist."""
+    path = Path(value).expanduser().resolve()
+    try:
+        if path.is_dir():
+            return find_checkpoint(require_run(path), "best")
+    except RunError as err:
+        raise ConfigError(f"init_from={value}: {err}") from None
+    if not path.is_file():
+        raise ConfigError(f"init_from={value}: no such run directory or .ckpt file")
+    return path
+
+
+def init_weights(model: nn.Module, source: Path, *, strict: bool = True) -> WeightMatch:
+    """Load a checkpoint's model weights into a freshly built (plain, untransformed) model, matched by name and shape.
+
+    strict: any tensor that does not match is a ConfigError listing them. Not strict: load the ones that match and
+    warn about the rest (a new classification head keeps its initial values).
+    """
+    weights = model_weights(load_checkpoint(source))
+    match = match_weights(model.state_dict(), weights)
+    if not match.matched:
+        raise ConfigError(f"init_from={source}: no tensor of it fits this model (names or shapes differ everywhere: "
+                          f"{match.describe(6)}); is it a run of the same model?")
+    if strict and not match.complete:
+        raise ConfigError(f"init_from={source}: {len(match.not_loaded())} tensor(s) do not fit this model: "
+                          f"{match.describe()}. Set init_from_strict=false to load the {len(match.matched)} that fit "
+                          "and keep the rest as initialised")
+    model.load_state_dict({name: weights[name] for name in match.matched}, strict=False)
+    log.info("init_from %s: loaded %d of %d tensors", source, len(match.matched), len(match.matched) + len(match.missing)
+             + len(match.mismatched))
+    if not match.complete:
+        log.warning("init_from %s: not loaded (kept as initialised or ignored): %s", source, match.describe(limit=50))
+    return match
