@@ -105,6 +105,24 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed)]
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX); None where that cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def _warn_emulated_bf16(trainer: L.Trainer) -> None:
+    """bf16 on a CPU without bf16 matrix units is emulated: far slower than fp32, so say so before the run starts."""
+    if "bf16" in str(trainer.precision) and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+        if cpu_has_native_bf16() is False:
+            log.warning("trainer.precision=%s on a CPU without bf16 matrix units (no avx512_bf16 or amx_bf16 in "
+                        "/proc/cpuinfo): bf16 is emulated and many times slower than fp32 here (README: Speed); "
+                        "use trainer.precision=32-true", trainer.precision)
+
+
 def fit_and_test(
     cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str], init_from: Path | None = None
 ) -> dict[str, Any]:
@@ -124,6 +142,7 @@ def fit_and_test(
     callbacks = _build_callbacks(cfg)
     loggers = [HistoryLogger(run.dir / runs.HISTORY), *trackers.values()]
     trainer: L.Trainer = build.instantiate(cfg.trainer, "trainer", logger=loggers, callbacks=callbacks)
+    _warn_emulated_bf16(trainer)
     if trainer.is_global_zero:
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for tracker in trackers.values():
