@@ -3,21 +3,64 @@
 Each builder takes the optimizer and `total_steps` (known only once the trainer has the data) from the task,
 the rest from YAML, and returns a Lightning lr-scheduler dict. The peak learning rate is the optimizer's
 `lr`: stated once, in the optimizer config.
+
+Continuing a run past its planned length (`ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=<more>`) works
+with every schedule. Epoch-based ones (`step`, `plateau`) and `none` simply go on. Step-based ones (`cosine`,
+`onecycle`) are planned over the run's `total_steps`: a checkpoint restores the step reached, not the old plan, so the
+run continues on the schedule planned over the new length, from that step, as a run of that length would have been
+at that step; the learning rate jumps there (a warning says from where to where). To start a fresh schedule on
+trained weights instead, start a new run from them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
 
 Schedule = dict[str, Any]
+log = logging.getLogger("attnlab")
+
+
+class _KeepsThisRunsPlan(LRScheduler):
+    """Mixin for a step-based scheduler: loading a checkpoint restores the step, and keeps the plan (`_plan`) that
+    this run's `total_steps` gave (a checkpoint's own plan would end the schedule early)."""
+
+    _plan: tuple[str, ...] = ("total_steps",)
+    total_steps: int
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        plan = {key: self.__dict__[key] for key in self._plan}
+        saved_total = state_dict.get("total_steps", self.total_steps)  # absent from older cosine checkpoints
+        super().load_state_dict(state_dict)
+        self.__dict__.update(plan)
+        if saved_total == self.total_steps:
+            return  # a resume: nothing changes
+        # The optimizer came back with the old plan's lr for this step: take the new plan's.
+        before = self.optimizer.param_groups[0]["lr"]
+        self.last_epoch -= 1
+        self.step()
+        log.warning(
+            "learning-rate schedule planned over %d steps, continued over %d: from step %d it follows the new plan "
+            "(lr %.3g -> %.3g)", saved_total, self.total_steps, self.last_epoch, before, self.get_last_lr()[0],
+        )
+
+
+class _Cosine(_KeepsThisRunsPlan, LambdaLR):
+    def __init__(self, optimizer: Optimizer, factor: Callable[[int], float], *, total_steps: int) -> None:
+        self.total_steps = total_steps  # saved in checkpoints (the lambda is not), to tell a re-planned run
+        super().__init__(optimizer, factor)
+
+
+class _OneCycle(_KeepsThisRunsPlan, OneCycleLR):
+    _plan = ("total_steps", "_schedule_phases")  # torch stores the phase boundaries in steps as well
 
 
 def cosine(optimizer: Optimizer, *, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0) -> Schedule:
-    """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio` x lr."""
+    """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio` x lr (step-based)."""
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     warmup = int(warmup_fraction * total_steps)
@@ -28,15 +71,15 @@ def cosine(optimizer: Optimizer, *, total_steps: int, warmup_fraction: float = 0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "name": "train/lr"}
+    return {"scheduler": _Cosine(optimizer, factor, total_steps=total_steps), "interval": "step", "name": "train/lr"}
 
 
 def onecycle(
     optimizer: Optimizer, *, total_steps: int, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4
 ) -> Schedule:
-    """One-cycle policy peaking at the optimizer's lr."""
+    """One-cycle policy peaking at the optimizer's lr (step-based)."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    scheduler = OneCycleLR(
+    scheduler = _OneCycle(
         optimizer,
         max_lr=max_lr,
         # torch divides by zero when a phase is under two steps; only tiny debug runs are that short.

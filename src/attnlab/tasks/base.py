@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import MaxMetric, MinMetric
 
 from attnlab.optim import param_groups
 
@@ -54,6 +55,24 @@ class Task(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "test")
+
+    # -- the running bests (`val/acc_best`, ...) across a resume ------------------------------------------------
+    def _best_metrics(self) -> dict[str, MaxMetric | MinMetric]:
+        return {name: m for name, m in self.named_children() if isinstance(m, (MaxMetric, MinMetric))}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the running bests: metric states are never in the state dict, and a resume must continue them."""
+        checkpoint["best_metrics"] = {
+            name: {k: v.detach().cpu() for k, v in m.metric_state.items()} for name, m in self._best_metrics().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the running bests (a checkpoint written before they were saved has none: they start afresh)."""
+        metrics = self._best_metrics()
+        for name, states in checkpoint.get("best_metrics", {}).items():
+            if name in metrics:
+                for key, value in states.items():
+                    setattr(metrics[name], key, value.to(self.device))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(param_groups(self.model))

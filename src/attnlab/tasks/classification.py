@@ -60,12 +60,9 @@ class ClassificationTask(Task):
             self.test_confusion.update(preds, y)
         return loss
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity check's accuracy
-
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            return
+            return  # the sanity check never counts towards the best; a resume restores it (Task.on_load_checkpoint)
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
 

@@ -92,14 +92,11 @@ class LanguageModelingTask(Task):
             getattr(self, f"{stage}_{name}").reset()
         return metrics
 
-    def on_train_start(self) -> None:
-        self.val_loss_best.reset()  # forget the sanity check
-
     def on_validation_epoch_end(self) -> None:
         metrics = self._corpus_metrics("val")
         self.log_dict(metrics, prog_bar=True)
         if self.trainer.sanity_checking:
-            return
+            return  # the sanity check never counts towards the best; a resume restores it (Task.on_load_checkpoint)
         self.val_loss_best(metrics["val/loss"])
         self.log("val/loss_best", self.val_loss_best.compute())
         self.log_samples()
