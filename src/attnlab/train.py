@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -27,8 +28,10 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 def _is_rank_zero() -> bool:
-    """True in the launching process; DDP children started by Lightning carry LOCAL_RANK/NODE_RANK."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the process that records the run: global rank 0 as Lightning reads it, before any Trainer exists."""
+    # Lightning's order (RANK, LOCAL_RANK, SLURM_PROCID, JSM_NAMESPACE_RANK) covers torchrun, its own DDP children,
+    # SLURM tasks and LSF; NODE_RANK marks the launching process of a later node, whose LOCAL_RANK is unset.
+    return (_get_rank() or 0) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def _resume_target(cfg: DictConfig) -> tuple[DictConfig, Path, Path]:
