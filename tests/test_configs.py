@@ -123,3 +123,14 @@ def test_config_only_commands_do_not_import_torch_or_lightning():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_monitor_mode_comes_from_the_tasks_stated_directions():
+    """A direction is stated once per task (monitor.modes): switching the monitored metric switches its mode."""
+    assert composed([]).monitor.mode == "max"  # val/acc
+    cfg = composed(["monitor.metric=val/loss"])
+    assert cfg.monitor.mode == "min" and cfg.callbacks.early_stopping.mode == "min" and cfg.callbacks.model_checkpoint.mode == "min"
+    assert composed(["experiment=tinystories_gpt", "monitor.metric=val/bpb"]).monitor.mode == "min"
+    with pytest.raises(Exception, match="states no direction for it .* add monitor.mode=min or monitor.mode=max"):
+        composed(["monitor.metric=val/foo"]).monitor.mode
+    assert composed(["monitor.metric=val/foo", "monitor.mode=min"]).monitor.mode == "min"

@@ -96,8 +96,9 @@ def test_one_seed_has_no_std_and_objective_direction(tmp_path):
     jobs = sweeps.collect(tmp_path)
     assert sweeps.aggregate(jobs)[0].stats("val/acc") == (0.5, None, 1)
     assert sweeps.objective(tmp_path, jobs) == ("val/acc", "max")  # no val/acc_best logged: the monitor itself
-    OmegaConf.save(OmegaConf.create({"objective": "val/loss", "monitor": {"metric": "val/acc", "mode": "max"}}), tmp_path / "0" / "config.yaml")
-    assert sweeps.objective(tmp_path, jobs) == ("val/loss", "min")
+    monitor = {"metric": "val/acc", "mode": "max", "modes": {"acc": "max", "loss": "min"}}
+    OmegaConf.save(OmegaConf.create({"objective": "val/loss", "monitor": monitor}), tmp_path / "0" / "config.yaml")
+    assert sweeps.objective(tmp_path, jobs) == ("val/loss", "min")  # the task's stated direction
     OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"direction": "maximize"}}}), tmp_path / "multirun.yaml")
     assert sweeps.objective(tmp_path, jobs) == ("val/loss", "max")  # the sweeper's direction wins
     _, md = sweep_summary.write_summary(tmp_path)
@@ -203,3 +204,64 @@ def test_a_nan_return_becomes_a_failed_trial_with_the_jobs_error(tmp_path):
     assert failed.status == JobStatus.FAILED and done.return_value == 0.9
     with pytest.raises(TrialFailed, match="ValueError: Invalid learning rate: -1"):
         failed.return_value  # what the plugin reads: it marks the trial FAIL and logs this message
+
+
+def resolved_task_config(task: str, data: str) -> dict:
+    """The monitor part of a job's saved config.yaml for a real task config (as train saves it: resolved)."""
+    cfg = composed([f"task={task}", f"data={data}", "model=gpt" if task == "language_modeling" else "model=cnn"])
+    return {"objective": None, "monitor": OmegaConf.to_container(cfg.monitor, resolve=True)}
+
+
+@pytest.mark.parametrize("objective", ["val/bpb", "val/ppl", "test/bpb", "val/loss_best"])
+def test_lm_objectives_rank_lowest_first(tmp_path, objective):
+    """Language-model metrics are better when lower: the direction comes from the task's config, not the name."""
+    config = {**resolved_task_config("language_modeling", "tinystories_sample"), "objective": objective}
+    for num, value in enumerate((1.4, 1.1, 1.7)):
+        job = make_job(tmp_path, num, [f"optimizer.lr={num}"], metrics={objective: value, "val/loss": value}, seed=1)
+        OmegaConf.save(OmegaConf.create(config), job / "config.yaml")
+    jobs = sweeps.collect(tmp_path)
+    assert sweeps.objective(tmp_path, jobs) == (objective, "min")
+    rows = sweeps.aggregate(jobs)
+    assert [r.params["optimizer.lr"] for r in sweeps.ranked(rows, objective, "min")] == ["1", "0", "2"]
+    md = sweep_summary.write_summary(tmp_path)[1].read_text()
+    assert f"**Best configuration** by `{objective}` (min): `optimizer.lr=1`" in md
+
+
+def test_an_objective_of_unknown_direction_is_not_ranked(tmp_path):
+    """val/nll is no metric the LM task states a direction for: the summary says so instead of guessing."""
+    config = {**resolved_task_config("language_modeling", "tinystories_sample"), "objective": "val/nll"}
+    for num, value in enumerate((1.4, 1.1, 1.7)):
+        job = make_job(tmp_path, num, [f"optimizer.lr={num}"], metrics={"val/nll": value}, seed=1)
+        OmegaConf.save(OmegaConf.create(config), job / "config.yaml")
+    jobs = sweeps.collect(tmp_path)
+    assert sweeps.objective(tmp_path, jobs) == ("val/nll", None)
+    md = sweep_summary.write_summary(tmp_path)[1].read_text()
+    assert "direction unknown" in md and "hydra.sweeper.direction" in md and "**Best configuration**: none" in md
+    assert md.index("| 0 |") < md.index("| 1 |") < md.index("| 2 |")  # sweep order, no claim of best
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"direction": "minimize"}}}), tmp_path / "multirun.yaml")
+    assert sweeps.objective(tmp_path, jobs) == ("val/nll", "min")  # the sweeper's stated direction
+
+
+@pytest.mark.parametrize("task, data, metric, mode", [
+    ("classification", "mnist", "val/loss", "min"), ("classification", "mnist", "test/f1", "max"),
+    ("classification", "mnist", "val/acc_best", "max"), ("reconstruction", "mnist", "test/psnr", "max"),
+    ("reconstruction", "mnist", "val/loss", "min"), ("language_modeling", "tinystories_sample", "val/bpb", "min"),
+])
+def test_every_task_states_its_metrics_directions(tmp_path, task, data, metric, mode):
+    config = {**resolved_task_config(task, data), "objective": metric}
+    make_job(tmp_path, 0, ["optimizer.lr=1"], metrics={metric: 1.0}, seed=1)
+    OmegaConf.save(OmegaConf.create(config), tmp_path / "0" / "config.yaml")
+    assert sweeps.objective(tmp_path, sweeps.collect(tmp_path)) == (metric, mode)
+
+
+def test_optuna_direction_follows_the_tasks_objective(tmp_path):
+    """hparams_search states the objective; the sweeper's direction comes from the task, also in the summary."""
+    cfg = composed(["experiment=mnist_ae", "hparams_search=mnist_optuna", "objective=val/mse", "hydra.sweep.dir=/tmp/s"])
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert composed(["experiment=mnist_cnn", "hparams_search=mnist_optuna", "hydra.sweep.dir=/tmp/s"]).hydra.sweeper.direction == "maximize"
+    OmegaConf.save(cfg, tmp_path / "multirun.yaml")  # as the sweeper saves it: unresolved
+    job = make_job(tmp_path, 0, ["optimizer.lr=1"], metrics={"val/mse": 0.1}, seed=1)
+    OmegaConf.save(OmegaConf.create({"objective": "val/mse", "monitor": {"metric": "val/acc", "mode": "max"}}), job / "config.yaml")
+    assert sweeps.objective(tmp_path, sweeps.collect(tmp_path)) == ("val/mse", "min")  # the sweeper's, resolved
+    with pytest.raises(Exception, match="add hydra.sweeper.direction=maximize or minimize"):
+        composed(["experiment=mnist_cnn", "hparams_search=mnist_optuna", "objective=val/nll", "hydra.sweep.dir=/tmp/s"]).hydra.sweeper.direction

@@ -6,7 +6,9 @@ This module imports Hydra and OmegaConf only: `--help` and `--cfg job` must not 
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +16,9 @@ from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from attnlab.config import conf_dir, is_multirun
 from attnlab.errors import AttnlabError
@@ -38,9 +42,9 @@ def _guarded(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         except Exception as err:
             if is_multirun():
                 return _failed_job(cfg, err)
-            if not isinstance(err, AttnlabError):
+            if not isinstance(err, (AttnlabError, InterpolationResolutionError)):  # the latter: a config value
                 raise
-            print(f"error: {err}", file=sys.stderr, flush=True)  # one line, no traceback; runs also record it
+            print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)  # no traceback; runs also record it
             sys.exit(2)
 
     wrapper.__name__ = job.__name__
@@ -105,8 +109,60 @@ def _plot_job(cfg: DictConfig) -> None:
         log.info("wrote %s", path)
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _close(key: str, candidates: list[str], prefix: str = "") -> str:
+    near = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
+
+
+def _unknown_key(err: ConfigCompositionException) -> str | None:
+    """The fix for `group.key=value` where the composed config has no such key (Hydra says only "not in struct")."""
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    parent = getattr(cause, "parent_node", None)
+    if not isinstance(cause, OmegaConfBaseException) or not full_key or not str(err).startswith("Could not override"):
+        return None
+    path, _, key = str(full_key).rpartition(".")
+    value = str(err).rpartition("=")[2]  # Hydra's message ends with "+<key>=<value>"
+    siblings = [f"{path}.{k}" if path else str(k) for k in (parent.keys() if parent is not None else ())]
+    if path == "trainer":
+        from attnlab.build import parameters  # imports Lightning: only on this error path
+
+        import lightning
+
+        params = [n for n in parameters(lightning.pytorch.Trainer)[0] if n not in ("logger", "callbacks")]
+        if key in params:
+            return (f"trainer.{key} is a Lightning Trainer argument attnlab sets no default for; add it with a plus: "
+                    f"+trainer.{key}={value}")
+        return f"trainer.{key} is no Lightning Trainer argument{_close(key, params, 'trainer.')}"
+    return (f"{full_key} is not in the config{_close(str(full_key), siblings)} (a new key takes a plus: "
+            f"+{full_key}={value}; python app/train.py --cfg job shows the config)")
+
+
 def _main(job: Callable[[DictConfig], Any], config_name: str) -> Callable[[], Any]:
-    return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
+    """Hydra's main for `job`; a config Hydra cannot compose is one `error:` line naming the fix, exit 2."""
+    app = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
+
+    def run() -> Any:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return app()  # the user asked for Hydra's own reports, tracebacks included
+        # Hydra prints a composition error and exits 1 itself; with HYDRA_FULL_ERROR set it raises it to us instead.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return app()
+        except CompactHydraException as err:  # composition: unknown key or option, bad override syntax
+            message = _unknown_key(err) if isinstance(err, ConfigCompositionException) else None
+            if message is None:  # Hydra's own words (a missing option lists the available ones), as Hydra prints them
+                message = str(err) + (f"\n{err.__cause__}" if isinstance(err.__cause__, OmegaConfBaseException) else "")
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+    return run
 
 
 def train() -> Any:

@@ -56,6 +56,38 @@ def _job_gpu(n_gpus: int) -> int:
     return int(num) % int(n_gpus) if isinstance(num, int) else 0
 
 
+def metric_mode(metric: str, modes: Any) -> str | None:
+    """'min' | 'max' for a metric (`val/bpb`, `test/acc`, `val/acc_best`, `test/acc_class/cat`) from a task's
+    `monitor.modes` ({name: direction}, stage prefix dropped); None when the task states none (never guessed)."""
+    parts = metric.split("/")
+    name = parts[1 if len(parts) > 1 else 0].removesuffix("_best")
+    mode = (modes or {}).get(name)
+    return str(mode) if mode in ("min", "max") else None
+
+
+def _monitor_mode(metric: str, *, _root_: DictConfig) -> str:
+    """`${attnlab_mode:${monitor.metric}}`: the monitored metric's direction from the task's `monitor.modes`."""
+    modes = OmegaConf.select(_root_, "monitor.modes", default=None)
+    mode = metric_mode(metric, modes)
+    if mode is None:
+        stated = ", ".join(sorted(modes or {})) or "none"
+        raise ValueError(f"monitor.metric={metric}: the task states no direction for it (monitor.modes has {stated}); "
+                         "add monitor.mode=min or monitor.mode=max")
+    return mode
+
+
+def _objective_direction(metric: str, *, _root_: DictConfig) -> str:
+    """`${attnlab_direction:${objective}}`: 'maximize' | 'minimize' for a sweeper, from the task's stated directions."""
+    if metric.removesuffix("_best") == OmegaConf.select(_root_, "monitor.metric", default=None):
+        mode = OmegaConf.select(_root_, "monitor.mode", default=None)
+    else:
+        mode = metric_mode(metric, OmegaConf.select(_root_, "monitor.modes", default=None))
+    if mode not in ("min", "max"):
+        raise ValueError(f"objective={metric}: the task states no direction for it (monitor.modes); "
+                         "add hydra.sweeper.direction=maximize or minimize")
+    return "maximize" if mode == "max" else "minimize"
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -66,6 +98,8 @@ def register_resolvers() -> None:
         "attnlab_run_dir": (_run_dir, False),
         "attnlab_choices": (_choices, False),
         "attnlab_job_gpu": (_job_gpu, False),
+        "attnlab_mode": (_monitor_mode, False),
+        "attnlab_direction": (_objective_direction, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

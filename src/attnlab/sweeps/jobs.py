@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from attnlab import runs
+from attnlab.config import metric_mode
 from attnlab.errors import ConfigError, RunError
 
 log = logging.getLogger("attnlab")
@@ -143,26 +145,36 @@ def _sweep_config(sweep_dir: Path, jobs: list[Job]) -> DictConfig:
     if config_path is not None:
         cfg = OmegaConf.load(config_path)
     if (sweep_dir / "multirun.yaml").is_file():
-        direction = OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "hydra.sweeper.direction", default=None)
+        try:  # an interpolation (`${attnlab_direction:${objective}}`) resolves against multirun.yaml's own monitor
+            direction = OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "hydra.sweeper.direction", default=None)
+        except OmegaConfBaseException:
+            direction = None  # the task states no direction: the job's config says what is known
         if isinstance(direction, str):
             cfg.sweeper_direction = direction
     return cfg
 
 
-def objective(sweep_dir: Path, jobs: list[Job]) -> tuple[str | None, str]:
-    """(metric, 'max'|'min') that ranks configurations: `objective` if set, else the monitored metric's best."""
+def objective(sweep_dir: Path, jobs: list[Job]) -> tuple[str | None, str | None]:
+    """(metric, 'max' | 'min' | None) that ranks configurations: `objective` if set, else the monitored metric's best.
+
+    The direction is the sweeper's (`hydra.sweeper.direction`) if it states one, else the task's: `monitor.mode`
+    for the monitored metric, `monitor.modes` for the others. None: the task states no direction for the metric,
+    and the summary says so rather than guess from the name.
+    """
     cfg = _sweep_config(sweep_dir, jobs)
     monitor = OmegaConf.select(cfg, "monitor.metric", default=None)
-    mode = OmegaConf.select(cfg, "monitor.mode", default="max")
     metric = OmegaConf.select(cfg, "objective", default=None)
     if not metric and monitor:
         logged = {m for j in jobs for m in j.metrics}
         metric = f"{monitor}_best" if f"{monitor}_best" in logged else monitor
-    if metric and cfg.get("sweeper_direction"):
-        mode = "max" if str(cfg.sweeper_direction).startswith("max") else "min"
-    elif metric and monitor and not metric.startswith(str(monitor)):
-        mode = "min" if re.search(r"loss|mse|ppl|err", metric) else "max"
-    return metric, mode
+    if not metric:
+        return None, None
+    if cfg.get("sweeper_direction"):
+        return metric, "max" if str(cfg.sweeper_direction).startswith("max") else "min"
+    if monitor and metric.removesuffix("_best") == monitor:
+        mode = OmegaConf.select(cfg, "monitor.mode", default=None)
+        return metric, str(mode) if mode in ("min", "max") else None
+    return metric, metric_mode(metric, OmegaConf.select(cfg, "monitor.modes", default=None))
 
 
 def main_metrics(rows: list[Row], objective_metric: str | None) -> list[str]:
@@ -175,9 +187,9 @@ def main_metrics(rows: list[Row], objective_metric: str | None) -> list[str]:
     return picked
 
 
-def best(rows: list[Row], metric: str | None, mode: str) -> Row | None:
-    """The configuration with the best mean objective over its completed seeds."""
-    scored = [(row.stats(metric)[0], row) for row in rows] if metric else []
+def best(rows: list[Row], metric: str | None, mode: str | None) -> Row | None:
+    """The configuration with the best mean objective over its completed seeds; None if the direction is unknown."""
+    scored = [(row.stats(metric)[0], row) for row in rows] if metric and mode else []
     scored = [(value, row) for value, row in scored if math.isfinite(value)]
     if not scored:
         return None
@@ -185,9 +197,10 @@ def best(rows: list[Row], metric: str | None, mode: str) -> Row | None:
     return pick(scored, key=lambda pair: pair[0])[1]
 
 
-def ranked(rows: list[Row], metric: str | None, mode: str) -> list[Row]:
-    """Best first by mean objective; configurations without a completed seed last, in sweep order."""
-    if not metric:
+def ranked(rows: list[Row], metric: str | None, mode: str | None) -> list[Row]:
+    """Best first by mean objective; configurations without a completed seed last, in sweep order (all of them
+    when the direction is unknown)."""
+    if not metric or not mode:
         return list(rows)
     sign = -1.0 if mode == "max" else 1.0
     return sorted(rows, key=lambda r: (r.stats(metric)[2] == 0, sign * r.stats(metric)[0] if r.stats(metric)[2] else 0.0))

@@ -61,7 +61,14 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
             writer.writerow(cells)
 
 
-def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | None, mode: str) -> str:
+def _objective_line(metric: str | None, mode: str | None) -> str:
+    if metric and mode is None:
+        return (f"- objective: `{metric}`, direction unknown: the task states none for it (conf/task/*.yaml "
+                "`monitor.modes`) and the sweep set no `hydra.sweeper.direction`; rows are in sweep order")
+    return f"- objective: `{metric}` ({mode})"
+
+
+def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | None, mode: str | None) -> str:
     """summary.md: the table people read."""
     keys = list(rows[0].params) if rows else []
     shown = main_metrics(rows, metric)
@@ -69,7 +76,8 @@ def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | N
     lines = [f"# Sweep {sweep_dir.name}", "",
              f"- directory: `{sweep_dir}`",
              f"- jobs: {len(jobs)} (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")",
-             f"- objective: `{metric}` ({mode}); cells are mean ± sample std (ddof=1) over completed seeds; one seed shows its value",
+             _objective_line(metric, mode),
+             "- cells are mean ± sample std (ddof=1) over completed seeds; one seed shows its value",
              f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
     lines += ["| " + " | ".join([*keys, "jobs", "seeds", "n", "failed", *shown]) + " |", "|" + "---|" * (len(keys) + 4 + len(shown))]
     for row in ranked(rows, metric, mode):
@@ -85,6 +93,8 @@ def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | N
         label = " ".join(f"{k}={_short(v)}" for k, v in top.params.items()) or "(defaults)"
         lines.append(f"**Best configuration** by `{metric}` ({mode}): `{label}`: {_fmt(mean, std, n)} over {n} seed(s) "
                      f"(jobs {', '.join(str(j.num) for j in top.by_status('completed'))})")
+    elif metric and mode is None:
+        lines.append("**Best configuration**: none (the objective's direction is unknown)")
     else:
         lines.append("**Best configuration**: none yet (no completed job logged the objective)")
     unfinished = [j for j in jobs if j.status != "completed"]

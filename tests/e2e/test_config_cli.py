@@ -1,0 +1,26 @@
+"""Overrides as users type them, through the real command line (`dry_run=true` builds everything, trains nothing):
+Lightning Trainer arguments, typos, and switching a group away from an experiment's choice."""
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMON_TRAINER = ["trainer.val_check_interval=0.5", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0",
+                  "trainer.log_every_n_steps=10", "trainer.limit_train_batches=0.1", "trainer.limit_val_batches=5",
+                  "trainer.limit_test_batches=5", "trainer.check_val_every_n_epoch=2", "trainer.max_steps=100"]
+
+
+def test_common_trainer_arguments_need_no_plus(cli):
+    cli("app/train.py", "dry_run=true", *COMMON_TRAINER)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.benchmark=true"], "trainer.benchmark is a Lightning Trainer argument attnlab sets no default for; "
+                                 "add it with a plus: +trainer.benchmark=true"),
+    (["trainer.max_epoch=3"], "trainer.max_epoch is no Lightning Trainer argument; did you mean trainer.max_epochs "),
+    (["model.dropoutt=0.1"], "model.dropoutt is not in the config; did you mean model.dropout?"),
+    (["monitor.metric=val/foo"], "monitor.metric=val/foo: the task states no direction for it"),
+])
+def test_an_unknown_key_names_the_fix_in_one_line(cli, args, message):
+    out = cli("app/train.py", "dry_run=true", *args, expect=2)
+    assert message in out.stderr and "Traceback" not in out.stderr and "not in struct" not in out.stderr, out.stderr
