@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from attnlab.models.autoencoder import ConvAutoencoder
 from attnlab.models.gpt import GPT
 from attnlab.models.lstm_lm import LSTMLM
 from attnlab.optim import param_groups
@@ -49,9 +50,31 @@ def test_recurrent_weights_are_matrices():
     assert {"lstm.weight_ih_l0", "lstm.weight_hh_l1"} <= decay
 
 
+def test_autoencoder_output_conv_is_not_orthogonalised():
+    """The output layer is the one the model states (its final conv), not the last nn.Linear it registers
+    (the decoder's input Linear, a hidden matrix)."""
+    model = ConvAutoencoder(in_channels=1, image_size=28, latent_dim=8, channels=(4, 8))
+    groups = {g["name"]: _names(model, g) for g in param_groups(model)}
+    out_conv = f"decoder.{len(model.decoder) - 2}.weight"
+    assert isinstance(model.decoder[-2], nn.Conv2d) and isinstance(model.decoder[0], nn.Linear)
+    assert out_conv in groups["embedding"] and out_conv not in groups["decay"]
+    # Hidden matrices: both bottleneck Linears, a hidden conv and a hidden transposed conv.
+    assert {"encoder.5.weight", "decoder.0.weight", "decoder.3.0.weight", "decoder.4.0.weight"} <= groups["decay"]
+
+
+def test_a_model_that_states_no_output_layer_is_refused():
+    with pytest.raises(TypeError, match="output_layer"):
+        param_groups(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+
+
+class _Regressor(nn.Sequential):
+    def output_layer(self) -> nn.Module:
+        return self[-1]
+
+
 def _quadratic(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    model = _Regressor(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
     x = torch.randn(64, 8)
     return model, x, x @ torch.randn(8, 4)
 

@@ -58,6 +58,10 @@ class ConvAutoencoder(nn.Module):
         # channels_last: oneDNN's convolutions run ~30% faster in NHWC on CPU for these small channel counts.
         self.to(memory_format=torch.channels_last)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the reconstruction: the final conv (before the sigmoid), not the decoder's Linear."""
+        return self.decoder[-2]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (B, C, H, W) to latent vectors (B, latent_dim)."""
         return self.encoder(x.contiguous(memory_format=torch.channels_last))

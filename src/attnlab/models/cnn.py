@@ -68,6 +68,10 @@ class CNN(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits."""
+        return self.head[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (B, C, H, W) to logits (B, num_classes)."""
         x = self.features(x.contiguous(memory_format=torch.channels_last))  # (B, channels[-1], H/2**S, W/2**S)

@@ -74,6 +74,10 @@ class Encoder(nn.Module):
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits."""
+        return self.head
+
     def forward(
         self,
         input_ids: torch.Tensor,

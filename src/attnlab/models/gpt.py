@@ -81,6 +81,10 @@ class GPT(nn.Module):
             if name.endswith(_RESIDUAL_PROJECTIONS):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layers))
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits (its weight is the token embedding when tied)."""
+        return self.lm_head
+
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache, one per block, for `forward(..., cache=...)`."""
         return [KVCache(max_len=self.max_len) for _ in self.blocks]

@@ -59,6 +59,16 @@ class HFClassifier(nn.Module):
             model_config = transformers.AutoConfig.from_pretrained(name_or_path, **overrides)
         self.model = transformers.AutoModelForSequenceClassification.from_config(model_config)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits: the head's Linear to num_labels, outside the base model."""
+        base, n = self.model.base_model_prefix, self.model.config.num_labels
+        heads = [m for name, m in self.model.named_modules()
+                 if isinstance(m, nn.Linear) and m.out_features == n and not name.startswith(f"{base}.")]
+        if len(heads) != 1:
+            raise ValueError(f"cannot tell {type(self.model).__name__}'s output layer: {len(heads)} Linear layers "
+                             f"outside {base!r} have {n} outputs")
+        return heads[0]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Map token ids (B, T) and a mask (B, T) (True/1 = real token) to logits (B, num_classes)."""
         mask = None if attention_mask is None else attention_mask.long()
@@ -110,6 +120,10 @@ class HFCausalLM(nn.Module):
                 f"max_len {max_len} exceeds {name_or_path}'s {self.context} positions; "
                 f"set the data's max_len <= {self.context}"
             )
+
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits (HF's output embeddings, tied to the input ones in GPT-2)."""
+        return self.model.get_output_embeddings()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map token ids (B, T) to next-token logits (B, T, V)."""

@@ -45,6 +45,10 @@ class LSTMLM(nn.Module):
         else:
             nn.init.uniform_(self.head.weight, -0.1, 0.1)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits (its weight is the embedding when tied)."""
+        return self.head
+
     def _run(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits (B, T, V) for token ids x (B, T) continuing from `state` (None: zeros), and the state after x."""
         h = self.drop(self.embed(x))  # (B, T, E)

@@ -27,6 +27,10 @@ class MLPClassifier(nn.Module):
         layers.append(nn.Linear(d_in, num_classes))
         self.net = nn.Sequential(*layers)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits."""
+        return self.net[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (B, C, H, W) to logits (B, num_classes)."""
         return self.net(x)

@@ -160,6 +160,10 @@ class NGramLM(nn.Module):
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, order={self.order}, fitted={self.fitted}"
 
+    def output_layer(self) -> None:
+        """None: the log-probabilities come from counts, not from a trained layer."""
+        return None
+
     def fit(self, tokens: np.ndarray | torch.Tensor) -> "NGramLM":
         """Count the n-grams of a 1-D token stream (replacing any earlier counts); returns self."""
         stream = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)

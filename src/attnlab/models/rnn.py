@@ -73,6 +73,10 @@ class RNNClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(directions * d_hidden, num_classes)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits."""
+        return self.head
+
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One direction of one layer over x (B, T, D) padded at the end: outputs (B, T, H), garbage past each length."""
         if not self.packed:

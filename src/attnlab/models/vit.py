@@ -88,6 +88,10 @@ class ViT(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    def output_layer(self) -> nn.Module:
+        """The module that produces the logits."""
+        return self.head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images (B, C, H, W) to logits (B, num_classes)."""
         x = self.patch_embed(x)  # (B, N, D)
