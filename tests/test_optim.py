@@ -62,9 +62,14 @@ def test_autoencoder_output_conv_is_not_orthogonalised():
     assert {"encoder.5.weight", "decoder.0.weight", "decoder.3.0.weight", "decoder.4.0.weight"} <= groups["decay"]
 
 
-def test_a_model_that_states_no_output_layer_is_refused():
-    with pytest.raises(TypeError, match="output_layer"):
-        param_groups(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+def test_a_model_that_states_no_output_layer_trains_with_adamw_and_is_refused_by_muon():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    groups = param_groups(model)
+    assert "decay" not in {g["name"] for g in groups}  # no guess at which Linear is the output
+    assert sum(len(g["params"]) for g in groups) == 4
+    torch.optim.AdamW(groups, lr=1e-3)
+    with pytest.raises(ValueError, match="output_layer"):
+        Muon(param_groups(model))
 
 
 class _Regressor(nn.Sequential):

@@ -81,8 +81,9 @@ class Muon(Optimizer):
                 group["lr"] = adam_lr
         if not any(_is_muon(group) for group in self.param_groups):
             raise ValueError(f"no parameter group named {_MUON_GROUP!r}, so Muon would update nothing: "
-                             "the model has no hidden nn.Linear / nn.Conv / nn.RNN weight matrices (see "
-                             "attnlab.optim.param_groups); use optimizer=adamw")
+                             "the model has no hidden nn.Linear / nn.Conv / nn.RNN weight matrices, or does not "
+                             "state its output layer (give it `def output_layer(self) -> nn.Module | None`, as every "
+                             "model in attnlab.models does; see attnlab.optim.param_groups); else use optimizer=adamw")
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
