@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MinMetric, SumMetric
 
+from attnlab.errors import DivergedError
+from attnlab.models.sampling import NonFiniteLogitsError
 from attnlab.tasks.base import Stage, Task
 
 log = logging.getLogger("attnlab")
@@ -106,7 +108,8 @@ class LanguageModelingTask(Task):
     # -- samples ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], max_new_tokens: int, *, seed: int = 0, **sampling: Any) -> list[str]:
-        """Continue each prompt with the model's `generate`; a private seeded generator, so samples are reproducible."""
+        """Continue each prompt with the model's `generate`; a private seeded generator, so samples are reproducible.
+        Non-finite logits (a diverged model) raise DivergedError, which the command line prints as one line."""
         tok = self.tokenizer
         if tok is None or not hasattr(self.model, "generate"):
             raise ValueError("sampling needs the data's tokenizer and a model with generate()")
@@ -117,7 +120,10 @@ class LanguageModelingTask(Task):
             if tok.eos_id is not None:
                 ids = [tok.eos_id, *ids]  # a story starts after an end-of-text, as in training
             idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
-            out = self.model.generate(idx, max_new_tokens, eos_id=tok.eos_id, generator=generator, **sampling)
+            try:
+                out = self.model.generate(idx, max_new_tokens, eos_id=tok.eos_id, generator=generator, **sampling)
+            except NonFiniteLogitsError as err:
+                raise DivergedError(f"cannot sample a continuation of {prompt!r}: {err}") from None
             texts.append(prompt + tok.decode(out[0, len(ids):].tolist()))
         return texts
 
