@@ -15,3 +15,7 @@ class DataError(AttnlabError):
 
 class RunError(AttnlabError):
     """A run directory or checkpoint is missing, incomplete or corrupt."""
+
+
+class DivergedError(AttnlabError):
+    """Training produced a non-finite loss (NaN or inf): the run cannot go on."""

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab.errors import ConfigError
-from attnlab.models.sampling import sample_text
+from attnlab.tasks.language_modeling import checked_samples
 
 log = logging.getLogger("attnlab")
 
@@ -29,7 +29,7 @@ def generate(cfg: DictConfig) -> list[str]:
         )
     model = loaded.model.to(cfg.device) if cfg.get("device") else loaded.model
     start = time.perf_counter()
-    texts = sample_text(
+    texts = checked_samples(
         model, loaded.tokenizer, [cfg.prompt] * cfg.num_samples, cfg.max_new_tokens, seed=cfg.seed,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         **({} if cfg.use_cache is None else {"use_cache": cfg.use_cache}),

@@ -1,4 +1,4 @@
-"""Tasks under a real Lightning loop on tiny models: running bests survive a resume."""
+"""Tasks under a real Lightning loop on tiny models: running bests survive a resume, a diverged loss stops the run."""
 
 import functools
 
@@ -9,8 +9,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from attnlab.errors import DivergedError
 from attnlab.tasks.classification import ClassificationTask
-from attnlab.tasks.language_modeling import LanguageModelingTask
+from attnlab.tasks.language_modeling import LanguageModelingTask, checked_samples
+from attnlab.tasks.reconstruction import ReconstructionTask
 
 VOCAB = 8
 
@@ -72,3 +74,39 @@ def test_running_best_survives_a_resume(tmp_path, make, metric, best):
     resumed = _fit(make, 3, ckpt_path=tmp_path / "last.ckpt").epochs
     assert [e[metric] for e in resumed] == values[1:]  # the resumed epochs replay the uninterrupted ones
     assert resumed[-1][f"{metric}_best"] == values[0]
+
+
+def test_a_diverging_loss_stops_training_and_names_the_step():
+    x = torch.rand(64, 4)
+    train = DataLoader(TensorDataset(x, x), batch_size=16)
+    task = ReconstructionTask(model=nn.Linear(4, 4), optimizer=functools.partial(torch.optim.SGD, lr=1e4))
+    trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(DivergedError, match=r"training loss is (nan|inf) at step (\d+) .*learning rate") as err:
+        trainer.fit(task, train)
+    assert f"at step {trainer.global_step} " in str(err.value) and trainer.global_step < 20  # stopped at once
+
+
+def test_a_nan_input_stops_training_at_step_zero():
+    task, _, val = _classification()
+    x = torch.randn(32, 2)
+    x[3, 0] = float("nan")
+    train = DataLoader(TensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=16)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with pytest.raises(DivergedError, match="at step 0 "):
+        trainer.fit(task, train, val)
+
+
+def test_sampling_from_a_diverged_model_raises_a_clear_error():
+    from attnlab.data.tokenizers import CharTokenizer
+    from attnlab.models.gpt import GPT
+
+    tokenizer = CharTokenizer().build(["a tiny corpus"])
+    torch.manual_seed(0)
+    model = GPT(vocab_size=tokenizer.vocab_size, max_len=16, d_model=16, n_layers=1, n_heads=2)
+    with torch.no_grad():
+        model.ln_f.weight[0] = float("nan")  # as a diverged run leaves it
+    task = LanguageModelingTask(model=model, optimizer=torch.optim.SGD, tokenizer=tokenizer)
+    with pytest.raises(DivergedError, match="cannot sample a continuation: the model's next-token logits are NaN"):
+        checked_samples(task.model, task.tokenizer, ["a t"], 4)

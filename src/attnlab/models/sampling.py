@@ -3,7 +3,8 @@
 The `generate` methods built on it share one contract: `generate(idx (B, T), max_new_tokens, *, temperature=1.0,
 top_k=None, top_p=None, eos_id=None, generator=None) -> (B, T + n)` under torch.no_grad(). temperature 0 is greedy;
 random draws come only from `generator` when one is given; with `eos_id`, a row that has produced it keeps producing
-it, and generation stops early (n < max_new_tokens) once every row has.
+it, and generation stops early (n < max_new_tokens) once every row has. NaN or +inf logits raise
+NonFiniteLogitsError (a ValueError).
 
 `sample_text` puts text around it: prompts in, continuations out, with any tokenizer that has encode, decode and
 eos_id (attnlab.data.tokenizers.Tokenizer). The training task's samples and app/generate.py both use it.
@@ -15,6 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+class NonFiniteLogitsError(ValueError):
+    """The model produced NaN or +inf logits: its weights or activations are not finite."""
 
 
 def sample_next(
@@ -32,6 +37,15 @@ def sample_next(
         raise ValueError(f"top_k must be >= 1 or None; got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
+    # Without this check NaN logits give argmax garbage or torch.multinomial's bare "probability tensor contains
+    # inf/nan". -inf is allowed: it is how a model masks a token out.
+    bad = torch.isnan(logits) | torch.isposinf(logits)  # (B, V)
+    if bool(bad.any()):
+        rows = bad.any(dim=-1).nonzero().flatten().tolist()
+        raise NonFiniteLogitsError(
+            f"the model's next-token logits are NaN or +inf (rows {rows[:8]}): its weights are not finite (a diverged "
+            "checkpoint?) or its activations overflow (fp16/bf16); check the checkpoint or sample in float32"
+        )
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits.float() / temperature

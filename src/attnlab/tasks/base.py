@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MinMetric
 
+from attnlab.errors import DivergedError
 from attnlab.optim import param_groups
 
 Stage = Literal["train", "val", "test"]
@@ -48,7 +49,27 @@ class Task(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        """One training batch; stops the run at the first non-finite loss (see `check_finite`)."""
+        loss = self._step(batch, "train")
+        self.check_finite(loss, batch_idx)
+        return loss
+
+    def check_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Raise DivergedError if the training loss is NaN or inf: every later step would be wasted.
+
+        Cost: one host-device sync per step (`bool(isfinite)`), nothing measurable on CPU; on a GPU it waits for the
+        forward pass before the backward pass is queued (Lightning's progress bar already reads the loss every step).
+        """
+        if bool(torch.isfinite(loss.detach())):
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        precision = str(self.trainer.precision)
+        overflow = "" if precision.startswith(("32", "64")) else f"fp16/bf16 overflow (precision {precision}: try 32-true), "
+        raise DivergedError(
+            f"training loss is {loss.item()} at step {self.trainer.global_step} (batch {batch_idx + 1} of epoch "
+            f"{self.current_epoch + 1}); stopped. Likely causes: a learning rate too high (lr was {lr:.3g}: lower "
+            f"optimizer.lr or add trainer.gradient_clip_val=1.0), {overflow}or NaN/inf values in the input data"
+        )
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "val")

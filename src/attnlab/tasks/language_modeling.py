@@ -22,12 +22,21 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MinMetric, SumMetric
 
-from attnlab.models.sampling import sample_text
+from attnlab.errors import DivergedError
+from attnlab.models.sampling import NonFiniteLogitsError, sample_text
 from attnlab.tasks.base import Stage, Task
 
 log = logging.getLogger("attnlab")
 
 DEFAULT_PROMPTS = ("Once upon a time", "Lily and Ben went to the park.", "The little dog was sad because")
+
+
+def checked_samples(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, **sampling: Any) -> list[str]:
+    """`sample_text`, with non-finite logits (a diverged model) as a DivergedError the command line prints as one line."""
+    try:
+        return sample_text(model, tokenizer, prompts, max_new_tokens, **sampling)
+    except NonFiniteLogitsError as err:
+        raise DivergedError(f"cannot sample a continuation: {err}") from None
 
 
 class LanguageModelingTask(Task):
@@ -111,8 +120,8 @@ class LanguageModelingTask(Task):
             return
         if not hasattr(self.model, "generate"):
             return
-        texts = sample_text(self.model, self.tokenizer, self.prompts, self.sample_tokens, seed=self.sample_seed,
-                            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        texts = checked_samples(self.model, self.tokenizer, self.prompts, self.sample_tokens, seed=self.sample_seed,
+                                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         step = self.trainer.global_step
         from attnlab.tracking import log_text
 
