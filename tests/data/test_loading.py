@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from attnlab.data.loading import BatchedTensorDataset, EpochShuffleSampler, collate, make_loader
+from attnlab.data.loading import BatchedTensorDataset, EpochShuffleSampler, batch_generator, collate, make_loader
 
 
 class CountingDataset(BatchedTensorDataset):
@@ -30,7 +30,7 @@ def _data(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(n * 3).view(n, 3), torch.arange(n)
 
 
-def _double(batch):
+def _double(batch, generator):
     x, y = batch
     return x * 2, y
 
@@ -43,6 +43,22 @@ def test_dataset_item_and_batch():
     assert torch.equal(xi, x[7] * 2) and yi.item() == 7
     xb, yb = ds.__getitems__([3, 1, 4])
     assert torch.equal(xb, x[[3, 1, 4]] * 2) and yb.tolist() == [3, 1, 4]
+
+
+def _noisy(batch, generator):
+    x, y = batch
+    return x + torch.rand(x.shape, generator=generator), y
+
+
+def test_transform_draws_depend_on_seed_and_batch_only():
+    x, y = _data()
+    ds = BatchedTensorDataset(x.float(), y, transform=_noisy, seed=5)
+    first = ds.__getitems__([3, 1, 4])[0]
+    torch.manual_seed(0)  # the global RNG takes no part
+    assert torch.equal(ds.__getitems__([3, 1, 4])[0], first)
+    assert not torch.equal(ds.__getitems__([1, 3, 4])[0], first[[1, 0, 2]])  # another batch, other draws
+    assert not torch.equal(BatchedTensorDataset(x.float(), y, transform=_noisy, seed=6).__getitems__([3, 1, 4])[0], first)
+    assert batch_generator(-1, torch.tensor([0, 1])).initial_seed() != batch_generator(1, torch.tensor([0, 1])).initial_seed()
 
 
 def test_dataset_rejects_unequal_lengths():
@@ -95,6 +111,17 @@ def test_sampler_draws_order_when_iteration_starts():
     expected = EpochShuffleSampler(30, seed=0)
     expected.set_epoch(5)
     assert list(it) == list(expected)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_draws_order_at_first_batch(num_workers):
+    """A resumed run: Lightning creates the iterator, then sets the epoch; the batches are still that epoch's."""
+    loader = make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=11, num_workers=num_workers)
+    it = iter(loader)
+    loader.sampler.set_epoch(3)
+    expected = EpochShuffleSampler(40, seed=11)
+    expected.set_epoch(3)
+    assert torch.cat([b[1] for b in it]).tolist() == list(expected)
 
 
 def test_loader_order_is_deterministic_per_epoch():

@@ -218,17 +218,39 @@ def test_random_shift_moves_each_image_within_bounds():
 def test_augmented_autoencoder_target_matches_input_shift():
     images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
     batch = (images, torch.zeros(16, dtype=torch.long))
-    torch.manual_seed(3)
-    x, target = MNISTBatch(target="image", noise_std=0.2, max_shift=2)(batch)
-    torch.manual_seed(3)  # replay: the shift is drawn first, then the noise
-    shifted = random_shift(images, 2).unsqueeze(1).float() / 255
-    noisy = (shifted + 0.2 * torch.randn_like(shifted)).clamp(0, 1)
+    x, target = MNISTBatch(target="image", noise_std=0.2, max_shift=2)(batch, torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)  # the shift is drawn first, then the noise
+    shifted = random_shift(images, 2, generator=replay).unsqueeze(1).float() / 255
+    noisy = (shifted + 0.2 * torch.randn(shifted.shape, generator=replay)).clamp(0, 1)
     assert torch.equal(target, shifted) and torch.allclose(x, noisy)
 
 
 def test_worker_loader_matches_in_process(fake_mnist_dir):
-    a, b = _dm(fake_mnist_dir, num_workers=1), _dm(fake_mnist_dir)
-    for (xa, ya), (xb, yb) in zip(_epoch(a.train_dataloader(), 2), _epoch(b.train_dataloader(), 2)):
+    """With augmentation on, 0, 1 and 2 loader workers give the same batches: a batch's random draws depend on the
+    run's seed and the batch's samples only, never on the process that makes it or the global RNG."""
+    loaders = [_dm(fake_mnist_dir, num_workers=n, augment=True).train_dataloader() for n in (0, 1, 2)]
+    torch.manual_seed(123)  # the global RNG takes no part
+    reference = _epoch(loaders[0], 2)
+    assert not torch.equal(reference[0][0], _epoch(_dm(fake_mnist_dir).train_dataloader(), 2)[0][0])  # it augments
+    for loader in loaders[1:]:
+        torch.manual_seed(7)
+        batches = _epoch(loader, 2)
+        assert len(batches) == len(reference)
+        for (xa, ya), (xb, yb) in zip(batches, reference):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_does_not_depend_on_earlier_epochs(fake_mnist_dir, num_workers):
+    """What resume needs: epoch 2 of a fresh loader (a resumed run) equals epoch 2 after epochs 0 and 1, augmented."""
+    loader = _dm(fake_mnist_dir, num_workers=num_workers, augment=True, noise_std=0.1).train_dataloader()
+    for epoch in (0, 1):
+        _epoch(loader, epoch)
+    after = _epoch(loader, 2)
+    torch.manual_seed(99)
+    fresh = _epoch(_dm(fake_mnist_dir, num_workers=num_workers, augment=True, noise_std=0.1).train_dataloader(), 2)
+    assert len(after) == len(fresh) == 13
+    for (xa, ya), (xb, yb) in zip(after, fresh):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 

@@ -1,22 +1,40 @@
-"""In-memory batching: a dataset that serves whole batches, an epoch-seeded sampler and the loader that joins them."""
+"""In-memory batching: a dataset that serves whole batches, an epoch-seeded sampler and the loader that joins them.
+
+Randomness in a batch (augmentation, noise) comes from a generator seeded by (run seed, the batch's sample indices),
+never from a process's global RNG: the same batch gets the same draws in the main process or in any loader worker,
+in a fresh run or a resumed one, and every epoch reshuffles, so the draws differ from epoch to epoch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-BatchTransform = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+# (batch tensors, the batch's private generator) -> transformed batch tensors
+BatchTransform = Callable[[tuple[Tensor, ...], torch.Generator], tuple[Tensor, ...]]
+
+
+def batch_generator(seed: int, index: Tensor) -> torch.Generator:
+    """A CPU generator seeded by (seed, the batch's sample indices in order): a batch's draws depend on nothing else."""
+    key = seed.to_bytes(8, "little", signed=True)
+    digest = hashlib.blake2b(index.numpy().astype(np.int64).tobytes(), digest_size=8, key=key).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 class BatchedTensorDataset(Dataset):
-    """Tensors sharing their first dim, served a batch at a time with one index op and an optional batch transform."""
+    """Tensors sharing their first dim, served a batch at a time with one index op and an optional batch transform.
 
-    def __init__(self, *tensors: Tensor, transform: BatchTransform | None = None) -> None:
+    The transform draws its randomness from `batch_generator(seed, indices)`.
+    """
+
+    def __init__(self, *tensors: Tensor, transform: BatchTransform | None = None, seed: int = 0) -> None:
         if not tensors:
             raise ValueError("BatchedTensorDataset needs at least one tensor")
         n = tensors[0].shape[0]
@@ -25,6 +43,7 @@ class BatchedTensorDataset(Dataset):
             raise ValueError(f"all tensors must have the same first dim; got shapes {shapes}")
         self.tensors = tensors
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.tensors[0].shape[0]
@@ -33,7 +52,9 @@ class BatchedTensorDataset(Dataset):
         """Return the batch at `indices`; DataLoader calls this once per batch when the dataset defines it."""
         index = torch.as_tensor(indices, dtype=torch.long)
         batch = tuple(t[index] for t in self.tensors)
-        return self.transform(batch) if self.transform is not None else batch
+        if self.transform is None:
+            return batch
+        return self.transform(batch, batch_generator(self.seed, index))
 
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
         return tuple(t[0] for t in self.__getitems__([i]))
@@ -72,6 +93,33 @@ class EpochShuffleSampler(Sampler[int]):
         yield from torch.randperm(self.n, generator=generator).tolist()
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader whose iterator starts at the first batch, not at `iter()`, so a later `set_epoch` still applies.
+
+    With workers, torch's iterator hands the first batches' indices to them as soon as it exists; Lightning creates
+    it before it sets the sampler's epoch when a run resumes, which would replay epoch 0's order in the resumed epoch.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        return _Deferred(self)
+
+
+class _Deferred:
+    """An iterator over `loader` that creates torch's own at the first `next()`."""
+
+    def __init__(self, loader: EpochLoader) -> None:
+        self.loader = loader
+        self.iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> _Deferred:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = DataLoader.__iter__(self.loader)
+        return next(self.iterator)
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -103,7 +151,7 @@ def make_loader(
         )
     elif sampler is None:
         sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
-    return DataLoader(
+    return EpochLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -112,6 +160,7 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
-        # Each new iterator draws a base seed for its workers from this generator, not from the global RNG.
+        # Each new iterator draws its workers' base seed from this, not from the global RNG; batches' draws come
+        # from batch_generator, so they do not depend on it.
         generator=torch.Generator().manual_seed(seed),
     )

@@ -105,7 +105,7 @@ def write_fake_mnist(root: Path, *, n_train: int = 512, n_test: int = 128, seed:
     return root
 
 
-def random_shift(images: Tensor, max_shift: int) -> Tensor:
+def random_shift(images: Tensor, max_shift: int, *, generator: torch.Generator | None = None) -> Tensor:
     """Shift each image of a (B, H, W) or (B, C, H, W) batch by its own random offsets in [-max_shift, max_shift]."""
     if max_shift <= 0:
         return images
@@ -114,7 +114,7 @@ def random_shift(images: Tensor, max_shift: int) -> Tensor:
     B, C, H, W = x.shape
     s = max_shift
     padded = F.pad(x, (s, s, s, s)).flatten(2)  # (B, C, (H+2s)*(W+2s)), zero fill
-    dy, dx = torch.randint(-s, s + 1, (2, B))  # drawn from the global RNG, like other train-time noise
+    dy, dx = torch.randint(-s, s + 1, (2, B), generator=generator)
     rows = torch.arange(H) + (s - dy)[:, None]  # (B, H): output row i reads padded row i + s - dy
     cols = torch.arange(W) + (s - dx)[:, None]  # (B, W)
     index = rows[:, :, None] * (W + 2 * s) + cols[:, None, :]  # (B, H, W) flat positions in the padded image
@@ -130,13 +130,13 @@ class MNISTBatch:
     noise_std: float = 0.0
     max_shift: int = 0  # 0: no augmentation
 
-    def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def __call__(self, batch: tuple[Tensor, ...], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         images, labels, *fixed = batch  # (B, 28, 28) uint8, (B,) int64, optional (B, 28, 28) float32 N(0, 1)
-        images = random_shift(images, self.max_shift)
+        images = random_shift(images, self.max_shift, generator=generator)
         clean = PIXELS(images)  # (B, 1, 28, 28)
         x = clean
         if self.noise_std > 0:
-            noise = fixed[0].unsqueeze(1) if fixed else torch.randn_like(clean)
+            noise = fixed[0].unsqueeze(1) if fixed else torch.randn(clean.shape, generator=generator)
             x = (clean + self.noise_std * noise).clamp_(0, 1)
         # For an autoencoder without noise, input and target are the same tensor; tasks must not modify inputs in place.
         return (x, labels) if self.target == "label" else (x, clean)
@@ -246,7 +246,8 @@ class MNISTDataModule(L.LightningDataModule):
             gen_test = torch.Generator().manual_seed(self.split_seed + 2)
             val_extra = [torch.randn((len(val_idx), IMAGE_SIZE, IMAGE_SIZE), generator=gen_val)]
             test_extra = [torch.randn((len(test_x), IMAGE_SIZE, IMAGE_SIZE), generator=gen_test)]
-        self.train_set = BatchedTensorDataset(train_x[train_idx], train_y[train_idx], transform=train_tf)
+        # The run seed keys the training batches' shifts and noise (see attnlab.data.loading.batch_generator).
+        self.train_set = BatchedTensorDataset(train_x[train_idx], train_y[train_idx], transform=train_tf, seed=self.seed)
         self.val_set = BatchedTensorDataset(train_x[val_idx], train_y[val_idx], *val_extra, transform=eval_tf)
         self.test_set = BatchedTensorDataset(test_x, test_y, *test_extra, transform=eval_tf)
         log.info("MNIST from %s: train %d, val %d, test %d", self.data_dir, len(train_idx), len(val_idx), len(test_x))
