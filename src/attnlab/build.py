@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import logging
 import types
 import typing
 from pathlib import Path
@@ -19,8 +20,10 @@ import hydra.utils
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from attnlab.config import conf_dir
 from attnlab.errors import ConfigError
 
+log = logging.getLogger("attnlab")
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -143,6 +146,76 @@ def check(
         if missing:
             raise ConfigError(f"{path}: missing required argument(s) {', '.join(missing)} for {_describe(target)}")
     return target
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the values a config sets (its defaults list left out)."""
+    if not isinstance(node, dict) or not node:
+        return [prefix]
+    return [leaf for key, value in node.items() if key != "defaults"
+            for leaf in _leaves(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def _experiment_choices(raw: dict[str, Any]) -> dict[str, str]:
+    """{group: option} an experiment picks in its defaults list (`- override /optimizer: muon`)."""
+    picked = {}
+    for entry in raw.get("defaults") or []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                picked[key.removeprefix("override").strip().lstrip("/")] = value
+    return picked
+
+
+def check_switched_groups(cfg: DictConfig, choices: Mapping[str, Any], overrides: list[str]) -> None:
+    """An experiment's values for a group it picks belong to that pick: when the command line picks another option,
+    a value the new option cannot take is an error naming the override that fixes it; one it can take is reported.
+
+    `choices`: Hydra's runtime choices of the job; `overrides`: its command-line overrides (values the user typed
+    are the user's, never stale).
+    """
+    experiment = choices.get("experiment")
+    path = conf_dir() / "experiment" / f"{experiment}.yaml"
+    if not experiment or not path.is_file():
+        return
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict)
+    typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    picked = _experiment_choices(raw)
+    packages = {group: group.partition("@")[2] or group for group in picked}
+    for group, old in picked.items():
+        new = choices.get(group)
+        if new == old:
+            continue
+        pkg = packages[group]
+        inner = [p for g, p in packages.items() if p.startswith(pkg + ".")]  # another pick's keys (data.tokenizer)
+        keys = [k for k in _leaves(raw) if k.startswith(pkg + ".") and k not in typed
+                and not any(k.startswith(p + ".") for p in inner)]
+        if keys:
+            _stale(cfg, f"experiment={experiment}", group, str(old), new, pkg, keys)
+
+
+def _stale(cfg: DictConfig, source: str, group: str, old: str, new: Any, pkg: str, keys: list[str]) -> None:
+    """Raise for the keys `new` cannot take (with the overrides that fix them); log the ones it takes."""
+    option = conf_dir() / group.partition("@")[0] / f"{new}.yaml"
+    own = OmegaConf.to_container(OmegaConf.load(option)) if new is not None and option.is_file() else {}
+    assert isinstance(own, dict)
+    target_name = own.get("_target_") if f"{pkg}._target_" in keys else OmegaConf.select(cfg, f"{pkg}._target_")
+    params, _, var_kw = parameters(hydra.utils.get_object(target_name)) if target_name else ({}, {}, False)
+    fixes, carried = {}, []
+    for key in keys:
+        first = key[len(pkg) + 1 :].split(".")[0]
+        if first == "_target_" and "_target_" in own:
+            fixes[key] = f"{key}={own[first]}"  # another class altogether: set back the new option's
+        elif first not in params and not var_kw:
+            fixes[key] = f"~{key}"
+        else:
+            carried.append(key)
+    if fixes:
+        were = "was" if len(fixes) == 1 else "were"
+        raise ConfigError(f"{', '.join(fixes)} {were} set by {source} for {group}={old}; for {group}={new}: "
+                          + " ".join(fixes.values()))
+    log.warning("%s set %s for %s=%s; they apply to %s=%s too (override them if that is not meant)",
+                source, ", ".join(carried), group, old, group, new)
 
 
 def accepted(target: Callable[..., Any], facts: Mapping[str, Any]) -> dict[str, Any]:

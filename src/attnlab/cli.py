@@ -70,8 +70,12 @@ def _failed_job(cfg: DictConfig, err: Exception) -> float:
 
 @_guarded
 def _train_job(cfg: DictConfig) -> float | None:
+    from attnlab.build import check_switched_groups
     from attnlab.train import train as run_training
 
+    if not cfg.get("resume"):  # a resumed run keeps its saved config
+        hc = HydraConfig.get()
+        check_switched_groups(cfg, hc.runtime.choices, list(hc.overrides.task))
     return run_training(cfg)
 
 

@@ -24,3 +24,11 @@ def test_common_trainer_arguments_need_no_plus(cli):
 def test_an_unknown_key_names_the_fix_in_one_line(cli, args, message):
     out = cli("app/train.py", "dry_run=true", *args, expect=2)
     assert message in out.stderr and "Traceback" not in out.stderr and "not in struct" not in out.stderr, out.stderr
+
+
+def test_switching_an_experiments_optimizer_names_the_stale_key_then_works(lm_cli):
+    out = lm_cli("app/train.py", "experiment=tinystories_gpt", "optimizer=adamw", "dry_run=true", expect=2)
+    assert out.stderr.strip().splitlines()[-1] == ("error: optimizer.adam_lr was set by experiment=tinystories_gpt for "
+                                                   "optimizer=muon; for optimizer=adamw: ~optimizer.adam_lr")
+    out = lm_cli("app/train.py", "experiment=tinystories_gpt", "optimizer=adamw", "~optimizer.adam_lr", "dry_run=true")
+    assert "they apply to optimizer=adamw too" in out.stdout + out.stderr  # lr=0.02 was Muon's: the user is told
