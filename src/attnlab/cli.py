@@ -7,6 +7,7 @@ This module imports Hydra and OmegaConf only: `--help` and `--cfg job` must not 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from attnlab.config import conf_dir, is_multirun
+from attnlab.config import conf_dir, config_help, is_multirun
 from attnlab.errors import AttnlabError
 
 log = logging.getLogger("attnlab")
@@ -105,8 +106,23 @@ def _plot_job(cfg: DictConfig) -> None:
         log.info("wrote %s", path)
 
 
+def _prog() -> str:
+    """How the user called this command: `python app/train.py` or `attnlab-train`."""
+    script = sys.argv[0]
+    return f"python {os.path.relpath(script)}" if script.endswith(".py") else Path(script).name
+
+
 def _main(job: Callable[[DictConfig], Any], config_name: str) -> Callable[[], Any]:
-    return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
+    hydra_main = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
+
+    def main() -> Any:
+        if {"--help", "-h"} & set(sys.argv[1:]):
+            # Before Hydra: its --help composes the config, then deep-copies it once per option of every group.
+            print(config_help(config_name, prog=_prog()))
+            return None
+        return hydra_main()
+
+    return main
 
 
 def train() -> Any:
