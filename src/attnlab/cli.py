@@ -20,7 +20,7 @@ from hydra.errors import CompactHydraException, ConfigCompositionException
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from attnlab.config import conf_dir, is_multirun
+from attnlab.config import conf_dir, config_help, is_multirun
 from attnlab.errors import AttnlabError
 
 log = logging.getLogger("attnlab")
@@ -113,6 +113,12 @@ def _plot_job(cfg: DictConfig) -> None:
         log.info("wrote %s", path)
 
 
+def _prog() -> str:
+    """How the user called this command: `python app/train.py` or `attnlab-train`."""
+    script = sys.argv[0]
+    return f"python {os.path.relpath(script)}" if script.endswith(".py") else Path(script).name
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
@@ -151,6 +157,10 @@ def _main(job: Callable[[DictConfig], Any], config_name: str) -> Callable[[], An
     app = hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(job)
 
     def run() -> Any:
+        if {"--help", "-h"} & set(sys.argv[1:]):
+            # Before Hydra: its --help composes the config, then deep-copies it once per option of every group.
+            print(config_help(config_name, prog=_prog()))
+            return None
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             return app()  # the user asked for Hydra's own reports, tracebacks included
         # Hydra prints a composition error and exits 1 itself; with HYDRA_FULL_ERROR set it raises it to us instead.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlab.models import gpt as gpt_module
-from attnlab.models.gpt import GPT, gpt_micro, gpt_mini, gpt_nano
+from attnlab.models.gpt import GPT, gpt_micro, gpt_mini, gpt_nano, gpt_small
 from attnlab.models.layers import KVCache, MultiHeadAttention, RotaryPositions, apply_rotary
 
 V, D, L, H, MAX_LEN = 50, 32, 2, 4, 16
@@ -211,8 +211,8 @@ def test_swiglu_default_width_matches_the_mlp_parameter_count() -> None:
 
 
 @pytest.mark.parametrize(
-    "builder,expected", [(gpt_nano, 1_350_400), (gpt_micro, 3_505_152), (gpt_mini, 5_853_184)],
-    ids=["nano", "micro", "mini"],
+    "builder,expected", [(gpt_nano, 1_350_400), (gpt_micro, 3_505_152), (gpt_mini, 5_853_184), (gpt_small, 88_398_336)],
+    ids=["nano", "micro", "mini", "small"],
 )
 def test_named_sizes_and_their_parameter_counts(builder, expected: int) -> None:
     model = builder(vocab_size=4096, max_len=256)

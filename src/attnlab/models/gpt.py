@@ -4,11 +4,12 @@ Choices: learned or rotary positions, a GELU (GPT-2) or SwiGLU (LLaMA) feed-forw
 output head, GPT-2's initialisation. `generate` decodes with a key/value cache, and falls back to recomputing the
 last max_len tokens once the text outgrows the context (see `generate`).
 
-Named sizes, all with heads of 32 and trainable on a CPU (parameters with a 4096-token vocabulary, max_len 256,
-learned positions, GELU, tied weights):
-    gpt_nano   d_model 128, 4 layers, 4 heads    1.35M
-    gpt_micro  d_model 192, 6 layers, 6 heads    3.51M
-    gpt_mini   d_model 256, 6 layers, 8 heads    5.85M
+Named sizes (parameters with a 4096-token vocabulary, max_len 256, learned positions, GELU, tied weights); the
+first three have heads of 32 and train on a CPU, gpt_small is GPT-2 small's shape (heads of 64), a GPU size:
+    gpt_nano   d_model 128, 4 layers, 4 heads     1.35M
+    gpt_micro  d_model 192, 6 layers, 6 heads     3.51M
+    gpt_mini   d_model 256, 6 layers, 8 heads     5.85M
+    gpt_small  d_model 768, 12 layers, 12 heads  88.40M
 """
 
 import math
@@ -160,3 +161,8 @@ def gpt_micro(**kw) -> GPT:
 def gpt_mini(**kw) -> GPT:
     """GPT-mini: d_model 256, 6 layers, 8 heads (5.85M parameters at vocab 4096, max_len 256)."""
     return GPT(**{"d_model": 256, "n_layers": 6, "n_heads": 8, **kw})
+
+
+def gpt_small(**kw) -> GPT:
+    """GPT-small, GPT-2 small's shape: d_model 768, 12 layers, 12 heads (88.40M parameters at vocab 4096, max_len 256)."""
+    return GPT(**{"d_model": 768, "n_layers": 12, "n_heads": 12, **kw})

@@ -16,7 +16,8 @@ every call and crashes on a failed job:
 - `dry_run=true` runs the sampled jobs' dry runs against an in-memory study (the real one is not touched).
 
 Hydra loads sweepers only from the `hydra_plugins` namespace: configs name it as
-`hydra_plugins.attnlab_optuna.ResumableOptunaSweeper` (src/hydra_plugins/attnlab_optuna.py), a bare subclass.
+`hydra_plugins.attnlab_optuna.ResumableOptunaSweeper` (src/hydra_plugins/attnlab_optuna.py), a light wrapper that
+imports this module only when a sweep builds its sweeper.
 """
 
 from __future__ import annotations
