@@ -156,6 +156,22 @@ def _leaves(node: Any, prefix: str = "") -> list[str]:
             for leaf in _leaves(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
+def _experiment_raw(name: str) -> dict[str, Any]:
+    """An experiment file as written, merged over the experiments it includes (`- mnist_cnn` in its defaults list),
+    with every group pick of them all in its `defaults` (the including file's picks win)."""
+    raw = OmegaConf.to_container(OmegaConf.load(conf_dir() / "experiment" / f"{name}.yaml"))
+    assert isinstance(raw, dict)
+    included = [e for e in raw.get("defaults") or [] if isinstance(e, str) and e != "_self_"]
+    if not included:
+        return raw
+    layers = [_experiment_raw(e) for e in included] + [raw]
+    defaults = [entry for layer in layers for entry in layer.get("defaults") or [] if isinstance(entry, dict)]
+    merged = OmegaConf.to_container(OmegaConf.merge(*({k: v for k, v in layer.items() if k != "defaults"}
+                                                     for layer in layers)))
+    assert isinstance(merged, dict)
+    return {**merged, "defaults": defaults}
+
+
 def _experiment_choices(raw: dict[str, Any]) -> dict[str, str]:
     """{group: option} an experiment picks in its defaults list (`- override /optimizer: muon`)."""
     picked = {}
@@ -174,11 +190,9 @@ def check_switched_groups(cfg: DictConfig, choices: Mapping[str, Any], overrides
     are the user's, never stale).
     """
     experiment = choices.get("experiment")
-    path = conf_dir() / "experiment" / f"{experiment}.yaml"
-    if not experiment or not path.is_file():
+    if not experiment or not (conf_dir() / "experiment" / f"{experiment}.yaml").is_file():
         return
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    assert isinstance(raw, dict)
+    raw = _experiment_raw(str(experiment))
     typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     picked = _experiment_choices(raw)
     packages = {group: group.partition("@")[2] or group for group in picked}
