@@ -7,10 +7,14 @@ import random
 import time
 from typing import Any
 
+import hydra.utils
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from attnlab.errors import ConfigError
 
 log = logging.getLogger("attnlab")
 
@@ -115,3 +119,36 @@ def _duration(seconds: float) -> str:
     """`75.4` -> `1m15s`."""
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def validation_off(trainer: DictConfig) -> str | None:
+    """Why the trainer never validates (`limit_val_batches=0`, or `check_val_every_n_epoch` past `max_epochs`), or None."""
+    if trainer.get("limit_val_batches") == 0 and not trainer.get("fast_dev_run") and not trainer.get("overfit_batches"):
+        return "trainer.limit_val_batches=0"
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if isinstance(every, int) and isinstance(epochs, int) and epochs > 0 and every > epochs:
+        return f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}"
+    return None
+
+
+def without_validation(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The callback configs by name, with those that follow a validation metric stepped aside when validation is off:
+    a checkpoint keeps the latest weights instead of the best, anything else that monitors is left out."""
+    nodes = {key: node for key, node in (cfg.get("callbacks") or {}).items() if node}
+    reason = validation_off(cfg.trainer)
+    if reason is None:
+        return nodes
+    if OmegaConf.select(cfg, "scheduler.monitor") is not None:
+        raise ConfigError(f"scheduler={cfg.scheduler._target_.rpartition('.')[2]} steps on {cfg.scheduler.monitor}, "
+                          f"which validation is off to log ({reason}); pick another scheduler (e.g. scheduler=cosine)")
+    kept = {}
+    for key, node in nodes.items():
+        if node.get("monitor") is None:
+            kept[key] = node
+        elif issubclass(hydra.utils.get_class(node._target_), ModelCheckpoint):
+            kept[key] = OmegaConf.merge(node, {"monitor": None})
+            log.warning("validation is off (%s): callbacks.%s keeps the latest checkpoint, not the best by %s",
+                        reason, key, node.monitor)
+        else:
+            log.warning("validation is off (%s): callbacks.%s (monitors %s) steps aside", reason, key, node.monitor)
+    return kept

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import build, runs, sweeps
-from attnlab.callbacks import EpochSeed
+from attnlab.callbacks import EpochSeed, without_validation
 from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
 from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
@@ -98,13 +98,14 @@ def _build_trackers(cfg: DictConfig, run_dir: Path, run_id: str, group: str | No
 
 
 def _build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The configured callbacks, less those the trainer switches off (`trainer.enable_progress_bar=false`)."""
+    """The configured callbacks, less those the trainer switches off (`trainer.enable_progress_bar=false`) and those
+    that follow a validation metric when validation is off (see `callbacks.without_validation`)."""
     switched_off = tuple(
         kind
         for kind, flag in ((ProgressBar, "enable_progress_bar"), (ModelSummary, "enable_model_summary"))
         if cfg.trainer.get(flag) is False
     )
-    callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
+    callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in without_validation(cfg).items()]
     return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed)]
 
 

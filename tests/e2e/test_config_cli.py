@@ -1,6 +1,8 @@
 """Overrides as users type them, through the real command line (`dry_run=true` builds everything, trains nothing):
 Lightning Trainer arguments, typos, and switching a group away from an experiment's choice."""
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -32,3 +34,16 @@ def test_switching_an_experiments_optimizer_names_the_stale_key_then_works(lm_cl
                                                    "optimizer=muon; for optimizer=adamw: ~optimizer.adam_lr")
     out = lm_cli("app/train.py", "experiment=tinystories_gpt", "optimizer=adamw", "~optimizer.adam_lr", "dry_run=true")
     assert "they apply to optimizer=adamw too" in out.stdout + out.stderr  # lr=0.02 was Muon's: the user is told
+
+
+def test_no_validation_callbacks_step_aside(cli):
+    """limit_val_batches=0 turns validation off: early stopping and the best checkpoint do not look for val/acc."""
+    out = cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=0", "trainer.limit_test_batches=2")
+    assert "validation is off (trainer.limit_val_batches=0)" in out.stdout + out.stderr
+    (run,) = (cli.results / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/acc" in metrics and not any(k.startswith("val/") for k in metrics)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = cli("app/train.py", "experiment=mnist_cnn", "scheduler=plateau", "trainer.limit_val_batches=0", "dry_run=true", expect=2)
+    assert "scheduler=plateau steps on val/acc" in out.stderr
