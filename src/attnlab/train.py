@@ -35,13 +35,20 @@ def _is_rank_zero() -> bool:
 
 
 def _resume_target(cfg: DictConfig) -> tuple[DictConfig, Path, Path]:
-    """(saved config, run dir, last checkpoint) of the run named by `resume=`."""
+    """(saved config, run dir, last checkpoint) of the run named by `resume=`; checked before the run is touched."""
     run_dir = runs.require_run(cfg.resume)
-    ckpt = runs.find_checkpoint(run_dir, "last")
+    ckpt = _loadable(runs.find_checkpoint(run_dir, "last"))
     ignored = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     if ignored:
         log.warning("resume continues %s with its saved config; ignoring overrides: %s", run_dir, " ".join(ignored))
     return runs.load_config(run_dir), run_dir, ckpt
+
+
+def _loadable(ckpt: Path) -> Path:
+    """A checkpoint that loads safely (weights_only), else RunError: checked before a resumed run is marked running,
+    so a refused resume leaves the run's manifest, metrics and status as they were."""
+    runs.load_checkpoint(ckpt)
+    return ckpt
 
 
 def _start_checkpoint(cfg: DictConfig) -> Path | None:
@@ -187,7 +194,7 @@ def _sweep_job_plan(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, Path, P
         return cfg, run_dir, None, "skip"
     if action == "continue":
         log.info("resume: job %s continues from its last checkpoint", run_dir.name)
-        return runs.load_config(run_dir), run_dir, runs.find_checkpoint(run_dir, "last"), "resume"
+        return runs.load_config(run_dir), run_dir, _loadable(runs.find_checkpoint(run_dir, "last")), "resume"
     log.info("resume: job %s of %s has no earlier completed run or checkpoint; starting it", run_dir.name, run_dir.parent)
     if _is_rank_zero():
         sweeps.clear_partial(run_dir)

@@ -1,6 +1,8 @@
 """The command lines as users run them: train, validate, plot, multirun, resume after SIGKILL, DDP, bad input."""
 
+import datetime
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,27 +121,84 @@ def test_multirun_writes_one_sweep_with_four_jobs(cli):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon: conv kernels as matrices, its state in the checkpoint
 def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path, optimizer):
+    # The output layer negated when the third epoch starts makes an earlier epoch the best, and the kill comes after
+    # it: a running best (val/acc_best) that forgot the epochs before the resume would show.
     common = ["experiment=mnist_cnn", f"optimizer={optimizer}", "trainer.max_epochs=3", "trainer.deterministic=true",
-              "~callbacks.early_stopping"]
+              "~callbacks.early_stopping", "+callbacks.worse._target_=worsen.NegateHeadAt", "+callbacks.worse.epoch=2"]
     cli("app/train.py", *common, "name=straight")
-    # 384 train images / batch 32 = 12 steps per epoch: step 18 is the middle of the second epoch.
+    # 384 train images / batch 32 = 12 steps per epoch: step 30 is the middle of the third epoch.
     killed = cli("app/train.py", *common, "name=killed", "tracker=wandb",
-                 "+callbacks.killer._target_=killer.SigkillAtStep", "+callbacks.killer.step=18",
+                 "+callbacks.killer._target_=killer.SigkillAtStep", "+callbacks.killer.step=30",
                  f"+callbacks.killer.marker={tmp_path / 'killed'}", expect=None)
     assert killed.returncode == -9, killed.stderr[-3000:]
     runs_by_name = {p.name.split("_")[2]: p for p in (cli.results / "runs").iterdir()}
     straight, interrupted = runs_by_name["straight"], runs_by_name["killed"]
     assert read(interrupted / "manifest.json")["status"] == "running"  # SIGKILL: nothing could record it
     wandb_id = read(interrupted / "manifest.json")["trackers"]["wandb"]
+    val_acc = [value for _, value in read_history(straight / "history.csv")["val/acc"]]
+    assert len(val_acc) == 3 and max(val_acc[:2]) > val_acc[2], val_acc  # the best epoch precedes the kill
 
     cli("app/train.py", f"resume={interrupted}")
     manifest = read(interrupted / "manifest.json")
     assert manifest["status"] == "completed" and manifest["resumes"][0]["previous_status"] == "running"
     assert manifest["trackers"]["wandb"] == wandb_id  # the same W&B run continues
     expected, got = read(straight / "metrics.json"), read(interrupted / "metrics.json")
-    for key in ("test/acc", "test/loss", "val/acc", "val/loss"):
+    assert set(got) == set(expected) and expected["val/acc_best"] == max(val_acc)
+    clock = {k for k in expected if k.endswith(("_per_sec", "_time_s"))}  # wall-clock measurements differ
+    for key in sorted(set(expected) - clock):  # every other final metric, the running bests included
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     assert len(list((cli.results / "runs").iterdir())) == 2  # resumed in place
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(cli, tmp_path):
+    cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false")
+    run_dir = only_run(cli.results)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    not_tensors = tmp_path / "not_tensors.ckpt"
+    torch.save({"state_dict": {}, "epoch": 1, "written": datetime.date(2024, 1, 1)}, not_tensors)  # a pickled object
+
+    def recorded() -> dict[Path, bytes]:
+        """The run's files, less Hydra's own record of each invocation (.hydra/, train.log), written before attnlab runs."""
+        return {p: p.read_bytes() for p in sorted(run_dir.rglob("*"))
+                if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+
+    for damaged in (good[: len(good) // 2], not_tensors.read_bytes()):
+        last.write_bytes(damaged)
+        before = recorded()
+        out = cli("app/train.py", f"resume={run_dir}", expect=2)
+        assert f"error: cannot load checkpoint {last}" in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert recorded() == before  # manifest.json (status completed), metrics.json, history.csv, ... untouched
+    assert read(run_dir / "manifest.json")["status"] == "completed"
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(cli):
+    tiny = ["experiment=mnist_cnn", "trainer.max_epochs=3", "trainer.limit_train_batches=6", "tracker=none"]
+    out = cli("app/train.py", *tiny, "optimizer.lr=1e6", expect=2)
+    assert re.search(r"error: training loss is (nan|inf) at step \d+ .*learning rate too high", out.stderr), out.stderr[-3000:]
+    run_dir = only_run(cli.results)
+    manifest = read(run_dir / "manifest.json")
+    assert manifest["status"] == "failed" and manifest["error"]["type"] == "DivergedError"
+    assert not (run_dir / "metrics.json").exists()
+
+    # In a sweep, the diverged job fails and the sweep goes on to the next one and to its summary.
+    cli("app/train.py", "-m", *tiny, "optimizer.lr=1e6,3e-3", "test=false")
+    (sweep,) = list((cli.results / "sweeps").iterdir())
+    assert [read(sweep / str(n) / "manifest.json")["status"] for n in range(2)] == ["failed", "completed"]
+    assert "- jobs: 2 (1 completed, 1 failed)" in (sweep / "summary.md").read_text()
+
+
+def test_a_run_continued_with_more_epochs_follows_the_longer_one_cycle(cli):
+    cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "test=false", "tracker=none")
+    first = only_run(cli.results)
+    out = cli("app/train.py", "experiment=mnist_cnn", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+              "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "test=false", "tracker=none")
+    # 12 steps per epoch: the one-cycle schedule planned over 12 steps now runs over 36, from step 12.
+    assert "schedule planned over 12 steps, continued over 36: from step 12" in out.stdout + out.stderr
+    second = next(p for p in (cli.results / "runs").iterdir() if p != first)
+    assert read(second / "manifest.json")["status"] == "completed"
+    lrs = dict(read_history(second / "history.csv")["train/lr/decay"])  # {step: lr} of the weight matrices
+    assert min(lrs) == 12 and lrs[12] > 2e-3 and lrs[35] < 1e-5  # near the longer cycle's peak, then annealed
 
 
 def test_ctrl_c_records_an_interrupted_run(cli):
