@@ -134,3 +134,13 @@ def test_monitor_mode_comes_from_the_tasks_stated_directions():
     with pytest.raises(Exception, match="states no direction for it .* add monitor.mode=min or monitor.mode=max"):
         composed(["monitor.metric=val/foo"]).monitor.mode
     assert composed(["monitor.metric=val/foo", "monitor.mode=min"]).monitor.mode == "min"
+
+
+@pytest.mark.parametrize("model", ["lstm_lm", "ngram"])
+def test_max_len_is_no_argument_of_a_model_that_reads_any_length(model):
+    """A recurrence or an n-gram has no position table: max_len is not taken (the data's fact passes it by)."""
+    cfg = composed([*NEEDS[("model", model)], f"model={model}", "+model.max_len=64"])
+    with pytest.raises(ConfigError, match="model.max_len is not an argument of"):
+        build.check(cfg.model, "model", facts=LM_FACTS)
+    built = build.instantiate(composed([*NEEDS[("model", model)], f"model={model}"]).model, "model", {**LM_FACTS, "vocab_size": 50})
+    assert sum(p.numel() for p in built.parameters()) >= 0 and "max_len" not in build.accepted(type(built), LM_FACTS)

@@ -12,7 +12,7 @@ V = 40
 
 def lstm(**kw) -> LSTMLM:
     torch.manual_seed(0)
-    return LSTMLM(vocab_size=V, max_len=16, d_embed=12, d_hidden=16, n_layers=2, dropout=0.1, **kw)
+    return LSTMLM(vocab_size=V, d_embed=12, d_hidden=16, n_layers=2, dropout=0.1, **kw)
 
 
 def lively() -> LSTMLM:
@@ -64,7 +64,7 @@ def test_causality():
 def test_greedy_generation_carries_the_state():
     model = lively()
     prompt = tokens(2, 5)
-    out = model.generate(prompt, 30, temperature=0)  # past max_len: a recurrence has no length limit
+    out = model.generate(prompt, 30, temperature=0)  # longer than any training window: a recurrence has no length limit
     idx = prompt
     for _ in range(30):  # recompute the whole sequence each step
         idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)

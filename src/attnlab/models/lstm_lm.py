@@ -1,7 +1,7 @@
 """An LSTM language model with tied input and output embeddings (Merity et al., 2017; Press & Wolf, 2017).
 
-The recurrent baseline for the transformer LMs: it reads any length (no position table, so `max_len` is
-accepted only for a uniform interface) and generates at a cost of one LSTM step per new token, carrying its state.
+The recurrent baseline for the transformer LMs: it reads any length (no position table, so it takes no `max_len`;
+the data's `max_len` shapes only the training windows) and generates at one LSTM step per new token, carrying its state.
 """
 
 import torch
@@ -19,7 +19,6 @@ class LSTMLM(nn.Module):
         self,
         *,
         vocab_size: int,
-        max_len: int | None = None,
         d_embed: int = 256,
         d_hidden: int = 512,
         n_layers: int = 2,
@@ -27,7 +26,6 @@ class LSTMLM(nn.Module):
         tie_weights: bool = True,
     ) -> None:
         super().__init__()
-        del max_len  # a recurrence has no position table: any length reads and generates
         self.embed = nn.Embedding(vocab_size, d_embed)
         self.drop = nn.Dropout(dropout)
         between = dropout if n_layers > 1 else 0.0  # nn.LSTM's dropout acts between layers only

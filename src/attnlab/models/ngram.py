@@ -135,9 +135,8 @@ class _Level(nn.Module):
 class NGramLM(nn.Module):
     """An order-N Kneser-Ney n-gram LM: `fit(tokens)` counts a token stream; forward gives log-probs (B, T, V)."""
 
-    def __init__(self, *, vocab_size: int, order: int = 3, max_len: int | None = None) -> None:
-        super().__init__()
-        del max_len  # an n-gram model reads any length
+    def __init__(self, *, vocab_size: int, order: int = 3) -> None:
+        super().__init__()  # no max_len: an n-gram model reads any length
         if not 2 <= order <= 5:
             raise ValueError(f"order must be 2, 3, 4 or 5; got {order}")
         if vocab_size**order >= 2**63:
