@@ -11,6 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests are skipped, with the reason, where torch sees no CUDA device (torch is imported only if any)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false); scripts/gpu_check.sh runs it")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def fake_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the four MNIST idx.gz files holding 512 train and 128 test learnable fake images."""
