@@ -57,16 +57,20 @@ class Task(L.LightningModule):
     def check_finite(self, loss: Tensor, batch_idx: int) -> None:
         """Raise DivergedError if the training loss is NaN or inf: every later step would be wasted.
 
-        Cost: one host-device sync per step (`bool(isfinite)`), nothing measurable on CPU; on a GPU it waits for the
-        forward pass before the backward pass is queued (Lightning's progress bar already reads the loss every step).
+        Cost: one host-device sync per step (`bool(isfinite)`): nothing measurable on CPU; on an H200 in bf16 (no
+        progress bar), within run-to-run noise: 0-5% of the steps/s of a 6 x 288 GPT at batch 8 x 256, none at 12 x 768.
+        Under DDP, one all-reduce of a flag more.
         """
-        if bool(torch.isfinite(loss.detach())):
+        here = bool(torch.isfinite(loss.detach()))
+        # Under DDP every process must stop at the same step, or the others would wait for it in the next all-reduce.
+        if self.trainer.strategy.reduce_boolean_decision(here, all=True):
             return
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
         precision = str(self.trainer.precision)
         overflow = "" if precision.startswith(("32", "64")) else f"fp16/bf16 overflow (precision {precision}: try 32-true), "
+        value = "non-finite in another process" if here else loss.item()
         raise DivergedError(
-            f"training loss is {loss.item()} at step {self.trainer.global_step} (batch {batch_idx + 1} of epoch "
+            f"training loss is {value} at step {self.trainer.global_step} (batch {batch_idx + 1} of epoch "
             f"{self.current_epoch + 1}); stopped. Likely causes: a learning rate too high (lr was {lr:.3g}: lower "
             f"optimizer.lr or add trainer.gradient_clip_val=1.0), {overflow}or NaN/inf values in the input data"
         )
