@@ -3,6 +3,7 @@
 import gzip
 import logging
 import re
+import types
 
 import numpy as np
 import pytest
@@ -137,6 +138,54 @@ def test_bucket_sampler_is_seeded_complete_and_cuts_padding():
     for batch in torch.tensor(first[:992]).view(-1, 32):
         assert torch.equal(lengths[batch], lengths[batch].sort(descending=True).values)
     assert list(BucketSampler(lengths, batch_size=32, seed=7, shuffle=False)) == torch.argsort(lengths, descending=True, stable=True).tolist()
+
+
+def _buckets(order, lengths, batch_size):
+    batches = torch.tensor(order, dtype=torch.long).split(batch_size)
+    return all(torch.equal(lengths[b], lengths[b].sort(descending=True).values) for b in batches), batches
+
+
+@pytest.mark.parametrize("n, world_size", [(1000, 2), (1000, 3), (40, 2), (20, 4)])
+def test_bucket_sampler_under_ddp_shards_the_buckets(n, world_size):
+    """Training: the ranks share the single process's batches, equally (padded with its first batches), each batch
+    still one bucket. Evaluation: every text exactly once, longest first on each rank, no rank without texts."""
+    lengths = torch.randint(1, 500, (n,), generator=torch.Generator().manual_seed(0))
+    single = BucketSampler(lengths, batch_size=32, seed=7, bucket_size=10)
+    single.set_epoch(3)
+    _, batches = _buckets(list(single), lengths, 32)
+    shares = []
+    for rank in range(world_size):
+        sampler = BucketSampler(lengths, batch_size=32, seed=7, bucket_size=10, rank=rank, world_size=world_size)
+        sampler.set_epoch(3)
+        order = list(sampler)
+        assert len(order) == len(sampler)
+        sorted_, mine = _buckets(order, lengths, 32)
+        assert sorted_
+        shares.append(mine)
+    assert len({len(m) for m in shares}) == 1  # the same number of steps on every rank
+    dealt = [b.tolist() for i in range(len(shares[0])) for m in shares for b in m[i : i + 1]]
+    assert dealt == [b.tolist() for b in batches * world_size][: len(dealt)]  # then its first batches again
+    evaluated = []
+    for rank in range(world_size):
+        sampler = BucketSampler(lengths, batch_size=32, seed=7, shuffle=False, rank=rank, world_size=world_size, even=False)
+        order = list(sampler)
+        assert len(order) == len(sampler) >= n // world_size and _buckets(order, lengths, 32)[0]
+        evaluated += order
+    assert sorted(evaluated) == list(range(n))
+
+
+def test_datamodule_keeps_buckets_under_ddp(fake_imdb_root, tmp_path):
+    dm = make(fake_imdb_root, tmp_path)
+    dm.setup()
+    seen = []
+    for rank in (0, 1):
+        dm.trainer = types.SimpleNamespace(world_size=2, global_rank=rank)  # what the loaders read of a DDP trainer
+        train, test = dm.train_dataloader(), dm.test_dataloader()
+        assert isinstance(train.sampler, BucketSampler) and isinstance(test.sampler, BucketSampler)
+        assert (train.sampler.rank, train.sampler.num_replicas) == (rank, 2)
+        seen += list(test.sampler)
+        assert sum(len(labels) for _, labels in test) == len(test.sampler)
+    assert sorted(seen) == list(range(len(dm.datasets["test"])))
 
 
 def test_dataset_pads_empty_texts_safely():

@@ -146,14 +146,40 @@ def test_loader_leaves_global_rng_alone(num_workers):
     assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(40))
 
 
-def test_loader_uses_distributed_sampler_when_world_size_above_one():
-    trainer = SimpleNamespace(world_size=2, global_rank=1)
-    loader = make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=trainer)
-    sampler = loader.sampler
-    assert isinstance(sampler, DistributedSampler)
-    assert (sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.seed) == (2, 1, True, 5)
-    assert sum(len(b[1]) for b in loader) == 20
-    single = make_loader(
-        BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=SimpleNamespace(world_size=1)
-    )
-    assert isinstance(single.sampler, EpochShuffleSampler)
+def _ddp(rank: int, world_size: int = 2) -> SimpleNamespace:
+    return SimpleNamespace(world_size=world_size, global_rank=rank)  # what make_loader reads of a DDP trainer
+
+
+@pytest.mark.parametrize("n, world_size", [(41, 2), (40, 3), (7, 2), (45, 4)])
+def test_evaluation_under_ddp_sees_every_sample_exactly_once(n, world_size):
+    """No padding: a metric synced over the ranks is the single process's (41 is no multiple of 2 x 8)."""
+    seen = []
+    for rank in range(world_size):
+        loader = make_loader(BatchedTensorDataset(*_data(n)), batch_size=8, shuffle=False, seed=0, trainer=_ddp(rank, world_size))
+        assert isinstance(loader.sampler, DistributedSampler)  # so Lightning leaves it in place
+        labels = torch.cat([b[1] for b in loader]).tolist()
+        assert len(labels) == len(loader.sampler)
+        seen += labels
+    assert sorted(seen) == list(range(n))
+
+
+def test_training_under_ddp_shares_one_epoch_equally():
+    """Ranks must step together: equal shares, together the single process's order, padded with its first samples."""
+    single = make_loader(BatchedTensorDataset(*_data(41)), batch_size=8, shuffle=True, seed=5)
+    single.sampler.set_epoch(2)
+    order = list(single.sampler)
+    shares = []
+    for rank in (0, 1):
+        loader = make_loader(BatchedTensorDataset(*_data(41)), batch_size=8, shuffle=True, seed=5, trainer=_ddp(rank))
+        loader.sampler.set_epoch(2)
+        shares.append(torch.cat([b[1] for b in loader]).tolist())
+        assert len(loader) == 3 and len(shares[-1]) == len(loader.sampler) == 21
+    assert [i for pair in zip(*shares) for i in pair] == order + order[:1]
+
+
+def test_a_sampler_not_sharded_over_the_ranks_is_refused():
+    with pytest.raises(ValueError, match="world_size=2"):
+        make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=_ddp(0),
+                    sampler=EpochShuffleSampler(40, seed=5))
+    single = make_loader(BatchedTensorDataset(*_data(40)), batch_size=8, shuffle=True, seed=5, trainer=_ddp(0, 1))
+    assert isinstance(single.sampler, EpochShuffleSampler) and len(single.sampler) == 40

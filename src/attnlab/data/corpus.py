@@ -35,7 +35,7 @@ from tokenizers import decoders, pre_tokenizers
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from attnlab.data.loading import make_loader
+from attnlab.data.loading import make_loader, shard
 from attnlab.data.sources import EOT, download_documents, iter_documents, open_text
 from attnlab.data.text import atomic_dir, digest, file_stamps
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
@@ -412,12 +412,10 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self._dataset("train")
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        rank, world = shard(self.trainer)
         sampler = RandomWindowSampler(len(data), num_samples=self._epoch_windows(), seed=self.seed, rank=rank, world_size=world)
-        # The sampler shards the ranks itself, so make_loader gets no trainer and keeps it.
         return make_loader(data, batch_size=self.batch_size, shuffle=True, seed=self.seed, num_workers=self.num_workers,
-                           sampler=sampler)
+                           trainer=self.trainer, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self._dataset("val"), batch_size=self.eval_batch_size, shuffle=False, seed=self.seed,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from attnlab.data.loading import make_loader
+from attnlab.data.loading import make_loader, shard
 from attnlab.data.sources import download_jsonl, read_aclimdb, read_jsonl, write_jsonl
 from attnlab.data.text import BucketSampler, TokenizedDataset, Truncation, atomic_dir, digest, file_stamps, truncate
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
@@ -264,8 +264,10 @@ class IMDBDataModule(L.LightningDataModule):
         dataset = self.datasets[name]
         sampler = None
         if self.bucket:
+            rank, world_size = shard(self.trainer)
+            # A shuffled loader trains: ranks get equal shares. An ordered one evaluates: every review once.
             sampler = BucketSampler(dataset.lengths, batch_size=batch_size, seed=self.seed, shuffle=shuffle,
-                                    bucket_size=self.bucket_size)
+                                    bucket_size=self.bucket_size, rank=rank, world_size=world_size, even=shuffle)
         return make_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=self.seed,
                            num_workers=self.num_workers, trainer=self.trainer, sampler=sampler)
 

@@ -1,4 +1,4 @@
-"""In-memory batching: a dataset that serves whole batches, an epoch-seeded sampler and the loader that joins them.
+"""In-memory batching: a dataset that serves whole batches, epoch-seeded samplers sharded over DDP ranks, the loader.
 
 Randomness in a batch (augmentation, noise) comes from a generator seeded by (run seed, the batch's sample indices),
 never from a process's global RNG: the same batch gets the same draws in the main process or in any loader worker,
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 # (batch tensors, the batch's private generator) -> transformed batch tensors
@@ -65,32 +65,57 @@ def collate(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return batch
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Indices 0..n-1, shuffled by a private generator seeded with `seed + epoch` (never the global RNG)."""
+def shard(trainer: Any) -> tuple[int, int]:
+    """(rank, world size) of this process in the trainer's job; (0, 1) without a trainer."""
+    if trainer is None or getattr(trainer, "world_size", 1) <= 1:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool = True) -> None:
+
+class ShardedSampler(DistributedSampler):
+    """Base of the epoch samplers: an order drawn from (seed, epoch), the same on every rank, of which rank r of
+    world_size takes every world_size-th item.
+
+    even=True (training): the order is padded with its first items until every rank has as many (DDP ranks must
+    step together). even=False (evaluation): every item exactly once, so metrics synced over the ranks are the
+    single process's. A DistributedSampler by type only: Lightning leaves one in place under DDP, where it would
+    wrap any other sampler in a DistributedSampler of its own (which pads evaluation with repeated samples).
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1, even: bool = True) -> None:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
+        self.even = even
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration yields; Lightning calls this before every epoch."""
-        self.epoch = epoch
+    def _share(self, items: Sequence[Any]) -> Sequence[Any]:
+        """This rank's items of the epoch's `items` (the same list on every rank)."""
+        world = self.num_replicas
+        if self.even and len(items) % world:
+            total = -(-len(items) // world) * world
+            items = (list(items) * -(-total // len(items)))[:total]  # cyclic: a list shorter than the ranks too
+        return items[self.rank :: world]
+
+
+class EpochShuffleSampler(ShardedSampler):
+    """Indices 0..n-1, shuffled by a private generator seeded with `seed + epoch` (never the global RNG); see
+    ShardedSampler for rank, world_size and even."""
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, even: bool = True) -> None:
+        super().__init__(n, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, even=even)
 
     def __len__(self) -> int:
-        return self.n
+        return len(self._share(range(self.n)))
 
     def __iter__(self) -> Iterator[int]:
         # A generator function: the order is drawn at the first next(), so a set_epoch made after
-        # iter(loader) but before the first batch still applies.
+        # iter(sampler) but before the first batch still applies.
         if not self.shuffle:
-            yield from range(self.n)
+            yield from self._share(range(self.n))
             return
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.n, generator=generator).tolist()
+        yield from self._share(torch.randperm(self.n, generator=generator).tolist())
 
 
 class EpochLoader(DataLoader):
@@ -129,28 +154,24 @@ def make_loader(
     num_workers: int = 0,
     trainer: Any = None,
     drop_last: bool = False,
-    sampler: Sampler[int] | None = None,
+    sampler: ShardedSampler | None = None,
 ) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch) and that never draws from the global torch RNG.
 
-    `sampler` replaces the default EpochShuffleSampler on one process (e.g. text's BucketSampler); it must be
-    seeded by (seed, epoch) the same way. Under DDP every rank takes its share through a DistributedSampler.
+    shuffle=True makes a training loader (under DDP: ranks padded to equal shares), shuffle=False an evaluation
+    loader (in order; under DDP every sample exactly once). `sampler` replaces the default EpochShuffleSampler
+    (e.g. text's BucketSampler); under DDP it must be sharded over the trainer's ranks (see `shard`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
-    if world_size > 1:
-        # Already distributed, so Lightning does not wrap or replace it; it still calls set_epoch.
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=world_size,
-            rank=trainer.global_rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
+    rank, world_size = shard(trainer)
+    if sampler is None:
+        sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, even=shuffle)
+    elif getattr(sampler, "num_replicas", 1) != world_size or getattr(sampler, "rank", 0) != rank:
+        raise ValueError(
+            f"{type(sampler).__name__} is not sharded over this job's processes (rank={rank}, world_size={world_size}); "
+            "build it with rank and world_size from attnlab.data.loading.shard(trainer)"
         )
-    elif sampler is None:
-        sampler = EpochShuffleSampler(len(dataset), seed=seed, shuffle=shuffle)
     return EpochLoader(
         dataset,
         batch_size=batch_size,

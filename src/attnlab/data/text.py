@@ -19,8 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
+from attnlab.data.loading import ShardedSampler
 from attnlab.errors import ConfigError, DataError
 
 Truncation = Literal["head", "head_tail"]
@@ -107,35 +108,33 @@ class TokenizedDataset(Dataset):
         return {k: v[0] for k, v in inputs.items()}, labels[0]
 
 
-class BucketSampler(Sampler[int]):
+class BucketSampler(ShardedSampler):
     """Indices in batches of similar length, so little padding is computed.
 
     Each epoch: shuffle (a generator seeded with `seed + epoch`), cut into chunks of `bucket_size` batches, sort
     each chunk by length, cut it into batches and shuffle the order of the full batches (a short last batch goes
     last, so the loader's slices of `batch_size` stay aligned with the buckets). Without shuffle: longest first.
+    Under DDP the ranks deal these batches out in turn; without shuffle they deal out texts, so each rank's batches
+    are still of similar length and no rank is left without a batch (see ShardedSampler for rank, world_size, even).
     """
 
-    def __init__(self, lengths: Tensor, *, batch_size: int, seed: int, shuffle: bool = True, bucket_size: int = 100) -> None:
+    def __init__(self, lengths: Tensor, *, batch_size: int, seed: int, shuffle: bool = True, bucket_size: int = 100,
+                 rank: int = 0, world_size: int = 1, even: bool = True) -> None:
         if batch_size < 1 or bucket_size < 1:
             raise ValueError(f"batch_size and bucket_size must be >= 1, got {batch_size}, {bucket_size}")
+        super().__init__(len(lengths), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, even=even)
         self.lengths = torch.as_tensor(lengths)
         self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
         self.bucket_size = bucket_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration yields; Lightning calls this before every epoch."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            yield from torch.argsort(self.lengths, descending=True, stable=True).tolist()
-            return
+            return len(self._share(range(len(self.lengths))))
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return sum(self._share([self.batch_size] * full + ([rest] if rest else [])))
+
+    def _batches(self) -> list[Tensor]:
+        """The epoch's batches, the same on every rank: full ones, then a short one if any."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(len(self.lengths), generator=generator)
         chunk = self.batch_size * self.bucket_size
@@ -147,7 +146,16 @@ class BucketSampler(Sampler[int]):
         full = [b for b in batches if len(b) == self.batch_size]
         short = [b for b in batches if len(b) < self.batch_size]
         order = torch.randperm(len(full), generator=generator).tolist()
-        yield from torch.cat([full[i] for i in order] + short).tolist() if batches else []
+        return [full[i] for i in order] + short
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            yield from self._share(torch.argsort(self.lengths, descending=True, stable=True).tolist())
+            return
+        # A generator function: the batches are drawn at the first next(), after any set_epoch. The short batch,
+        # last of the epoch, is also last on its rank (padding goes to the ranks that have fewer batches).
+        batches = self._share(self._batches())
+        yield from torch.cat(list(batches)).tolist() if batches else []
 
 
 def digest(settings: Any) -> str:
