@@ -259,7 +259,23 @@ def assemble(cfg: DictConfig, artifacts: Path | None = None) -> tuple[Any, Any]:
     model = instantiate(cfg.model, "model", facts)
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys stay those of the plain model
+    task = instantiate(cfg.task, "task", facts, model=model, **optimization(cfg))
+    return datamodule, task
+
+
+def optimization(cfg: DictConfig) -> dict[str, Any]:
+    """The task's optimizer and scheduler factories; both None for a task fitted without gradients (a class
+    attribute `takes_optimizer = False`, e.g. the count-based LM), which must then be given none."""
+    target = _import_target(cfg.task, "task")
+    name = getattr(target, "__name__", "the task")
+    if not getattr(target, "takes_optimizer", True):
+        given = [fix for key, fix in (("optimizer", "~optimizer"), ("scheduler", "scheduler=none")) if cfg.get(key)]
+        if given:
+            raise ConfigError(f"{name} is fitted by counting and takes no optimizer or scheduler; drop "
+                              f"{'them' if len(given) > 1 else 'it'}: {' '.join(given)}")
+        return {"optimizer": None, "scheduler": None}
+    if not cfg.get("optimizer"):
+        raise ConfigError(f"{name} trains by gradient descent: add an optimizer, e.g. optimizer=adamw")
     optimizer = instantiate(cfg.optimizer, "optimizer")
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, "task", facts, model=model, optimizer=optimizer, scheduler=scheduler)
-    return datamodule, task
+    return {"optimizer": optimizer, "scheduler": scheduler}
