@@ -49,7 +49,8 @@ def check_all(cfg) -> None:
     facts = FACTS[cfg.data._target_]
     model_target = build.check(cfg.model, "model", facts=facts)
     assert model_target is not None
-    build.check(cfg.optimizer, "optimizer")
+    if cfg.get("optimizer"):
+        build.check(cfg.optimizer, "optimizer")
     if cfg.get("scheduler"):
         build.check(cfg.scheduler, "scheduler")
     build.check(cfg.task, "task", facts=facts, objects={"model": 0, "optimizer": 0, "scheduler": 0})
@@ -144,3 +145,15 @@ def test_max_len_is_no_argument_of_a_model_that_reads_any_length(model):
         build.check(cfg.model, "model", facts=LM_FACTS)
     built = build.instantiate(composed([*NEEDS[("model", model)], f"model={model}"]).model, "model", {**LM_FACTS, "vocab_size": 50})
     assert sum(p.numel() for p in built.parameters()) >= 0 and "max_len" not in build.accepted(type(built), LM_FACTS)
+
+
+def test_a_count_based_task_composes_no_optimizer_and_refuses_one():
+    cfg = composed(["experiment=tinystories_ngram"])
+    assert cfg.get("optimizer") is None and not cfg.scheduler
+    assert build.optimization(cfg) == {"optimizer": None, "scheduler": None}
+    with pytest.raises(ConfigError, match="CountLMTask is fitted by counting and takes no optimizer or scheduler; drop "
+                                          "them: ~optimizer scheduler=none"):
+        build.optimization(composed(["experiment=tinystories_ngram", "optimizer=adamw", "scheduler=cosine"]))
+    with pytest.raises(ConfigError, match="LanguageModelingTask trains by gradient descent: add an optimizer, e.g. optimizer=adamw"):
+        build.optimization(composed(["task=language_modeling", "data=tinystories_sample", "model=gpt", "~optimizer"]))
+    assert set(build.optimization(composed(["experiment=tinystories_gpt"]))) == {"optimizer", "scheduler"}

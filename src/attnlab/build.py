@@ -286,9 +286,8 @@ def make_model(cfg: DictConfig, facts: Mapping[str, Any], init: Callable[[Any], 
 
 def make_task(cfg: DictConfig, model: Any, facts: Mapping[str, Any], *, training: bool = True) -> Any:
     """cfg.task around a built model; `training=False` (evaluation only) builds no optimizer or schedule."""
-    optimizer = instantiate(cfg.optimizer, "optimizer") if training else None
-    scheduler = instantiate(cfg.scheduler, "scheduler") if training and cfg.get("scheduler") else None
-    return instantiate(cfg.task, "task", facts, model=model, optimizer=optimizer, scheduler=scheduler)
+    factories = optimization(cfg) if training else {"optimizer": None, "scheduler": None}
+    return instantiate(cfg.task, "task", facts, model=model, **factories)
 
 
 def assemble(
@@ -304,3 +303,21 @@ def assemble(
     facts = datamodule.facts()
     model = make_model(cfg, facts, init)
     return datamodule, make_task(cfg, model, facts)
+
+
+def optimization(cfg: DictConfig) -> dict[str, Any]:
+    """The task's optimizer and scheduler factories; both None for a task fitted without gradients (a class
+    attribute `takes_optimizer = False`, e.g. the count-based LM), which must then be given none."""
+    target = _import_target(cfg.task, "task")
+    name = getattr(target, "__name__", "the task")
+    if not getattr(target, "takes_optimizer", True):
+        given = [fix for key, fix in (("optimizer", "~optimizer"), ("scheduler", "scheduler=none")) if cfg.get(key)]
+        if given:
+            raise ConfigError(f"{name} is fitted by counting and takes no optimizer or scheduler; drop "
+                              f"{'them' if len(given) > 1 else 'it'}: {' '.join(given)}")
+        return {"optimizer": None, "scheduler": None}
+    if not cfg.get("optimizer"):
+        raise ConfigError(f"{name} trains by gradient descent: add an optimizer, e.g. optimizer=adamw")
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    return {"optimizer": optimizer, "scheduler": scheduler}

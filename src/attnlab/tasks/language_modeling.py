@@ -138,9 +138,12 @@ class LanguageModelingTask(Task):
 class CountLMTask(LanguageModelingTask):
     """A count-based model (`ngram`): "training" is one pass of counting over the data's training token stream.
 
-    The model needs `fit(tokens)` and a `fitted` flag; the data module needs `train_tokens()`. No optimizer:
-    pair it with a trainer of one epoch and one batch (see conf/experiment/tinystories_ngram.yaml).
+    The model needs `fit(tokens)` and a `fitted` flag; the data module needs `train_tokens()`. No optimizer or
+    scheduler (conf/task/count_lm.yaml composes none; build refuses one): pair it with a trainer of one epoch and
+    one batch (see conf/experiment/tinystories_ngram.yaml).
     """
+
+    takes_optimizer = False
 
     def on_fit_start(self) -> None:
         if getattr(self.model, "fitted", False):
