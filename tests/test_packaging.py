@@ -117,3 +117,18 @@ def test_requirement_pins_satisfy_pyproject():
 def test_torch_stays_a_range(name):
     (spec,) = [r for r in project()["dependencies"] if Requirement(r).name == name]
     assert "==" not in spec and "+" not in spec and not Requirement(spec).url  # never a CUDA (or any) build pinned here
+
+
+def test_a_plain_install_finds_the_configs_of_the_checkout_it_runs_in(tmp_path):
+    """`pip install .` copies the package into site-packages, away from conf/: run from the checkout, it uses its
+    conf/; run elsewhere, it says how to point it at one."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(REPO / "src" / "attnlab", tmp_path / "site" / "attnlab")
+    code = "import attnlab.config as c; print(c.conf_dir(), c.repo_root())"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [str(REPO / "conf"), str(REPO)], out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "run from the attnlab checkout" in out.stderr and "ATTNLAB_CONF_DIR" in out.stderr
