@@ -12,11 +12,13 @@ ARGS ?=
 
 install: $(VENV)/.installed
 
+# The package is installed with its dependencies, so a range in pyproject.toml that the pins do not meet shows here
+# (pip keeps the pins when they satisfy it and downloads nothing).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 train: install

@@ -17,8 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def repo_root() -> Path:
-    """The checkout that holds conf/ (the package is installed editable from it)."""
-    return Path(__file__).resolve().parents[2]
+    """The checkout that holds conf/: the package's own (an editable install, or src/ on the path), else the working
+    directory when it is one (a plain `pip install .` copies the package away from conf/)."""
+    own = Path(__file__).resolve().parents[2]
+    if not (own / "conf" / "train.yaml").is_file() and (Path.cwd() / "conf" / "train.yaml").is_file():
+        return Path.cwd().resolve()
+    return own
 
 
 def conf_dir() -> Path:
@@ -26,8 +30,8 @@ def conf_dir() -> Path:
     path = Path(os.environ.get("ATTNLAB_CONF_DIR", repo_root() / "conf"))
     if not (path / "train.yaml").is_file():
         raise SystemExit(
-            f"attnlab: no configs at {path} (looked for train.yaml); install the package editable from the repo "
-            "(pip install -e .) or set ATTNLAB_CONF_DIR to the repo's conf/ folder"
+            f"attnlab: no configs at {path} (looked for train.yaml); run from the attnlab checkout, install it "
+            "editable (pip install -e .) or set ATTNLAB_CONF_DIR to its conf/ folder"
         )
     return path
 

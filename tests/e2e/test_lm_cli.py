@@ -27,8 +27,7 @@ def test_every_lm_experiment_fast_dev_run(lm_cli):
         manifest = read(job / "manifest.json")
         assert manifest["status"] == "completed", (experiment, manifest.get("error"))
         metrics = read(job / "metrics.json")
-        assert {"test/loss", "test/ppl", "test/bpb"} <= set(metrics), experiment
-        assert metrics["test/ppl"] == pytest.approx(2.718281828 ** metrics["test/loss"], rel=1e-4)
+        assert {"test/loss", "test/ppl", "test/bpb"} <= set(metrics), experiment  # values: tests/tasks/test_lm_metrics.py
 
 
 def test_gpt_train_validate_generate_plot(lm_cli):

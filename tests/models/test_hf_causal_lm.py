@@ -103,3 +103,12 @@ def test_save_pretrained_writes_the_tokenizer(tmp_path):
     assert hf_tok(texts[0])["input_ids"] == tok.encode(texts[0])
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     assert reloaded.config.eos_token_id == tok.eos_id == hf_tok.eos_token_id
+
+
+def test_sizes_of_a_pretrained_model_are_an_error_naming_the_fix(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"n_layer=2, dropout=0.0 shape a GPT-2 built from scratch; .* drop them "
+                                         r"\(~model.n_layer ~model.dropout\) or build from scratch: model.name_or_path=null"):
+        HFCausalLM(vocab_size=V, max_len=MAX_LEN, name_or_path=str(tmp_path), n_layer=2, dropout=0.0)
+    scratch = HFCausalLM(vocab_size=V, max_len=MAX_LEN)  # unset sizes: the from-scratch defaults
+    assert (scratch.model.config.n_layer, scratch.model.config.n_embd, scratch.model.config.n_head) == (4, 128, 4)

@@ -75,11 +75,16 @@ class HFClassifier(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask).logits
 
 
+# The from-scratch GPT-2's size when an argument is left unset (None).
+SCRATCH_SIZES = {"n_layer": 4, "n_embd": 128, "n_head": 4, "dropout": 0.1}
+
+
 class HFCausalLM(nn.Module):
     """A `transformers` causal LM: pretrained (hub name or local HF folder) or a GPT-2 of the given size from scratch.
 
     A pretrained model only knows its own token ids: pair it with its own tokenizer. The sizes (n_layer, n_embd,
-    n_head, dropout) shape the from-scratch GPT-2 only (GPT2Config, position table of max_len).
+    n_head, dropout; unset: SCRATCH_SIZES) shape the from-scratch GPT-2 only (GPT2Config, position table of
+    max_len); given with `name_or_path` they are an error, since the pretrained model keeps its own.
     """
 
     def __init__(
@@ -88,19 +93,28 @@ class HFCausalLM(nn.Module):
         vocab_size: int,
         max_len: int,
         name_or_path: str | None = None,
-        n_layer: int = 4,
-        n_embd: int = 256,
-        n_head: int = 4,
-        dropout: float = 0.1,
+        n_layer: int | None = None,
+        n_embd: int | None = None,
+        n_head: int | None = None,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
+        sizes = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "dropout": dropout}
+        given = {k: v for k, v in sizes.items() if v is not None}
+        if name_or_path is not None and given:
+            raise ValueError(
+                f"{', '.join(f'{k}={v}' for k, v in given.items())} shape a GPT-2 built from scratch; "
+                f"{name_or_path} keeps its own: drop them ({' '.join(f'~model.{k}' for k in given)}) "
+                "or build from scratch: model.name_or_path=null"
+            )
         import transformers  # heavy and optional: only this model needs it
 
         self.vocab_size = vocab_size
         if name_or_path is None:
+            size = {**SCRATCH_SIZES, **given}
             config = transformers.GPT2Config(
-                vocab_size=vocab_size, n_positions=max_len, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                vocab_size=vocab_size, n_positions=max_len, n_layer=size["n_layer"], n_embd=size["n_embd"],
+                n_head=size["n_head"], resid_pdrop=size["dropout"], embd_pdrop=size["dropout"], attn_pdrop=size["dropout"],
                 bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 is no id of ours; save_pretrained sets eos
             )
             self.model = transformers.GPT2LMHeadModel(config)

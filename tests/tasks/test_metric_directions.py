@@ -1,0 +1,42 @@
+"""Every val/ and test/ metric a task logs has a direction stated in its conf/task/*.yaml (`monitor.modes`), which
+checkpoints, early stopping and the sweep summary read: a new metric without one fails here."""
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from attnlab.config import conf_dir, metric_mode
+from attnlab.tasks.classification import ClassificationTask
+from attnlab.tasks.language_modeling import LanguageModelingTask
+from attnlab.tasks.reconstruction import ReconstructionTask
+
+
+def logged(task: L.LightningModule, batches: list) -> set[str]:
+    """The metrics one validation and one test pass log (the best-so-far ones need a fit: added by name)."""
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    loader = DataLoader(batches, batch_size=None)
+    names = set(trainer.validate(task, dataloaders=loader, verbose=False)[0])
+    return names | set(trainer.test(task, dataloaders=loader, verbose=False)[0])
+
+
+TASKS = {
+    "classification": lambda: (ClassificationTask(model=nn.Linear(4, 3), optimizer=torch.optim.SGD, num_classes=3),
+                               [(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))], {"val/acc_best"}),
+    "reconstruction": lambda: (ReconstructionTask(model=nn.Sigmoid(), optimizer=torch.optim.SGD),
+                               [(torch.randn(2, 1, 4, 4), torch.rand(2, 1, 4, 4))], set()),
+    "language_modeling": lambda: (LanguageModelingTask(model=nn.Embedding(5, 5), optimizer=torch.optim.SGD,
+                                                       token_bytes=[1.0] * 5, sample_tokens=0),
+                                  [(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]]))], {"val/loss_best"}),
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_logged_metric_has_a_stated_direction(name):
+    task, batches, best = TASKS[name]()
+    metrics = logged(task, batches) | best
+    modes = OmegaConf.load(conf_dir() / "task" / f"{name}.yaml").monitor.modes
+    assert {m for m in metrics if m.startswith(("val/", "test/")) and metric_mode(m, modes) is None} == set()
+    assert len(metrics) >= 3
