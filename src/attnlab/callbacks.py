@@ -22,9 +22,10 @@ log = logging.getLogger("attnlab")
 class EpochSeed(Callback):
     """Reseed every RNG from (seed, epoch, rank) when a training epoch starts.
 
-    Randomness inside an epoch (dropout, noise, augmentation) then depends on nothing that happened before it,
-    so a run resumed from an epoch-end checkpoint replays the interrupted epoch exactly (the shuffling order is
-    seeded per epoch by the data's sampler).
+    The model's randomness inside an epoch (dropout) then depends on nothing that happened before it, so a run
+    resumed from an epoch-end checkpoint replays the interrupted epoch exactly. The data's randomness has its own
+    seeds: the shuffling order per (seed, epoch) in the sampler, augmentation per (seed, batch indices) in
+    data/loading.py, so it is the same in loader workers.
     """
 
     def __init__(self, seed: int) -> None:
