@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from attnlab.errors import DivergedError
 from attnlab.optim import param_groups
@@ -36,6 +36,9 @@ class Task(L.LightningModule):
         self.figures_dir: Path | None = None
         # Values that are not scalars (a confusion matrix, ...), filled at test time for the caller to save.
         self.test_artifacts: dict[str, Any] = {}
+        # Evaluation losses as sample-weighted means synced over processes (see `log_loss`).
+        self.val_loss_mean = MeanMetric()
+        self.test_loss_mean = MeanMetric()
 
     def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
         return self._forward(x)
@@ -74,6 +77,17 @@ class Task(L.LightningModule):
             f"{self.current_epoch + 1}); stopped. Likely causes: a learning rate too high (lr was {lr:.3g}: lower "
             f"optimizer.lr or add trainer.gradient_clip_val=1.0), {overflow}or NaN/inf values in the input data"
         )
+
+    def log_loss(self, stage: Stage, loss: Tensor, n: int) -> None:
+        """Log `<stage>/loss`, the mean over a batch of n samples. Evaluation losses go through a MeanMetric
+        weighted by n, so the epoch value is the mean over every sample, gathered from every process under DDP (the
+        ranks hold unequal shares: evaluation is never padded); training logs the step's own value."""
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+            return
+        mean = getattr(self, f"{stage}_loss_mean")
+        mean.update(loss.detach(), weight=n)
+        self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "val")

@@ -49,7 +49,7 @@ class ClassificationTask(Task):
         preds = logits.argmax(dim=-1)
         acc = getattr(self, f"{stage}_acc")
         acc(preds, y)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_loss(stage, loss, len(y))
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             f1 = getattr(self, f"{stage}_f1")

@@ -37,7 +37,7 @@ class ReconstructionTask(Task):
         x, target = batch
         recon = self._forward(x)  # same shape as target
         loss = F.mse_loss(recon, target)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log_loss(stage, loss, len(x))
         mse = getattr(self, f"{stage}_mse")
         mse(recon.detach(), target)
         self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True)
