@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -36,6 +37,55 @@ class EpochSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also seeds CUDA
+
+
+class AverageCheckpoints(Callback):
+    """Keep the model weights of the last `last` epochs and, when fitting ends, write their element-wise mean as
+    `checkpoints/averaged.ckpt` (the last checkpoint with its model weights averaged; Vaswani et al., 2017).
+
+    The per-epoch weights go to `checkpoints/epochs/` (model only, no optimizer state), so a resumed run averages
+    the same epochs an uninterrupted one would. Integer tensors (counters, buffers of ids) are taken from the last."""
+
+    AVERAGED = "averaged.ckpt"
+
+    def __init__(self, last: int) -> None:
+        if last < 2:
+            raise ConfigError(f"average_last must be 0 (off) or >= 2 epochs, got {last}")
+        self.last = last
+
+    def _dir(self, trainer: L.Trainer) -> Path | None:
+        ckpt = trainer.checkpoint_callback
+        return Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = self._dir(trainer)
+        if folder is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        epochs = folder / "epochs"
+        epochs.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, epochs / f"epoch{trainer.current_epoch:04d}.pt")
+        for old in sorted(epochs.glob("epoch*.pt"))[: -self.last]:
+            old.unlink()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = self._dir(trainer)
+        last = Path(trainer.checkpoint_callback.last_model_path or "") if folder else None
+        if folder is None or not trainer.is_global_zero or not last or not last.is_file():
+            return
+        files = sorted((folder / "epochs").glob("epoch*.pt"))[-self.last :]
+        if len(files) < 2:
+            log.warning("average_last=%d: only %d epoch(s) of weights; no averaged checkpoint", self.last, len(files))
+            return
+        states = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        for key, value in states[-1].items():
+            if value.is_floating_point():
+                value = torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
+            checkpoint["state_dict"][key] = value
+        checkpoint["averaged_epochs"] = [int(f.stem.removeprefix("epoch")) + 1 for f in files]
+        torch.save(checkpoint, folder / self.AVERAGED)
+        log.info("averaged the weights of epochs %s into %s", checkpoint["averaged_epochs"], folder / self.AVERAGED)
 
 
 def batch_size(batch: Any) -> int:

@@ -73,6 +73,17 @@ def image_grid(rows: dict[str, "np.ndarray"], path: Path) -> Path:
     return _save(fig, path)
 
 
+def attention_map(weights: np.ndarray | Sequence, source: Sequence[str], target: Sequence[str], path: Path, title: str = "") -> Path:
+    """A target x source heat map of attention weights (rows: target tokens, each row sums to 1)."""
+    w = np.asarray(weights, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.32 * len(source), 1.2 + 0.3 * len(target)))
+    ax.imshow(w, cmap="viridis", vmin=0, vmax=max(float(w.max()), 1e-6), aspect="auto")
+    ax.set(xticks=range(len(source)), yticks=range(len(target)), xlabel="source", ylabel="translation", title=title)
+    ax.set_xticklabels(source, rotation=90, fontsize=7)
+    ax.set_yticklabels(target, fontsize=7)
+    return _save(fig, path)
+
+
 def metric_groups(history: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{'loss': {'train': [...], 'val': [...]}, 'acc': {...}}: the per-epoch series of each metric by stage."""
     groups: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)

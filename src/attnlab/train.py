@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import build, runs, sweeps
-from attnlab.callbacks import EpochSeed, without_validation
+from attnlab.callbacks import AverageCheckpoints, EpochSeed, without_validation
 from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
 from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
@@ -113,7 +113,8 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
         if cfg.trainer.get(flag) is False
     )
     callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in without_validation(cfg).items()]
-    return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed)]
+    averaging = [AverageCheckpoints(int(cfg.average_last))] if cfg.get("average_last") else []
+    return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed), *averaging]
 
 
 def cpu_has_native_bf16() -> bool | None:
@@ -167,9 +168,16 @@ def fit_and_test(
         if not best:
             log.warning("no best checkpoint (fast_dev_run or no validation): testing the final weights")
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update(results[0] if results else {})
+        for per_loader in results:  # one dict per test set (a translation data module has several)
+            metrics.update(per_loader)
+        metrics.update(task.test_labels)
         if trainer.is_global_zero and task.test_artifacts:
             runs.write_json(run.dir / runs.PLOTS / "test_artifacts.json", task.test_artifacts)
+        averaged = run.dir / runs.CHECKPOINTS / AverageCheckpoints.AVERAGED
+        if cfg.get("average_last") and averaged.is_file():  # the same test on the averaged weights, beside the best's
+            task.figures_dir = run.dir / runs.PLOTS / "averaged"
+            results = trainer.test(task, datamodule=datamodule, ckpt_path=averaged, weights_only=True)
+            metrics.update({f"averaged/{k}": v for per_loader in results for k, v in per_loader.items()})
     return metrics
 
 
@@ -249,7 +257,7 @@ def train(cfg: DictConfig) -> float | None:
     finish_tracker_runs(ok=True)
     if _is_rank_zero():
         run.finish("completed", metrics=metrics)
-        log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items())})
+        log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items()) if not isinstance(v, str)})
     return _objective(cfg, metrics)
 
 

@@ -16,7 +16,7 @@ log = logging.getLogger("attnlab")
 SPLITS = ("test", "val")
 
 
-def _print_table(title: str, metrics: dict[str, float | None]) -> None:
+def _print_table(title: str, metrics: dict[str, float | str | None]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -24,7 +24,7 @@ def _print_table(title: str, metrics: dict[str, float | None]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, "nan" if value is None else f"{value:.5g}")
+        table.add_row(key, "nan" if value is None else value if isinstance(value, str) else f"{value:.5g}")
     Console().print(table)
 
 
@@ -56,7 +56,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         enable_progress_bar=bool(cfg.progress_bar),
     )
-    results = trainer.test(task, dataloaders=loader, verbose=False)[0]
+    results = {k: v for per_loader in trainer.test(task, dataloaders=loader, verbose=False) for k, v in per_loader.items()}
+    results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
     metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
     report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "metrics": metrics, **task.test_artifacts}

@@ -5,7 +5,7 @@ the rest from YAML, and returns a Lightning lr-scheduler dict. The peak learning
 `lr`: stated once, in the optimizer config.
 
 Continuing a run past its planned length (`ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=<more>`) works
-with every schedule. Epoch-based ones (`step`, `plateau`) and `none` simply go on. Step-based ones (`cosine`,
+with every schedule. Epoch-based ones (`step`, `plateau`), `inverse_sqrt` and `none` simply go on. Step-based ones (`cosine`,
 `onecycle`) are planned over the run's `total_steps`: a checkpoint restores the step reached, not the old plan, so the
 run continues on the schedule planned over the new length, from that step, as a run of that length would have been
 at that step; the learning rate jumps there (a warning says from where to where). To start a fresh schedule on
@@ -90,6 +90,20 @@ def onecycle(
         cycle_momentum=False,  # AdamW's betas stay as configured
     )
     return {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+
+
+def inverse_sqrt(optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 4000) -> Schedule:
+    """Linear warm-up over `warmup_steps` to the optimizer's lr, then decay as 1/sqrt(step) (Vaswani et al., 2017,
+    with the peak stated as lr). Not planned over the run's length, so a continued run simply goes on."""
+    del total_steps  # the schedule does not depend on it
+    if warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+
+    def factor(step: int) -> float:
+        step += 1
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "name": "train/lr"}
 
 
 def step(optimizer: Optimizer, *, total_steps: int, step_size: int = 10, gamma: float = 0.1) -> Schedule:

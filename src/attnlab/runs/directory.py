@@ -80,10 +80,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Plain floats for JSON (tensors -> float; NaN/inf kept as strings would break readers, so they become None)."""
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float | str | None]:
+    """Plain floats for JSON (tensors -> float; NaN/inf kept as strings would break readers, so they become None).
+    A string (a score's signature, e.g. `test/bleu_signature`) is kept as it is."""
     out: dict[str, Any] = {}
     for key, value in sorted(metrics.items()):
+        if isinstance(value, str):
+            out[key] = value
+            continue
         value = float(value.item() if hasattr(value, "item") else value)
         out[key] = value if math.isfinite(value) else None
     return out
@@ -187,17 +191,17 @@ def load_config(run_dir: Path) -> DictConfig:
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
-    """`best`, `last` or a path; checked to exist."""
+    """`best`, `last`, `averaged` or a path; checked to exist."""
     ckpt_dir = run_dir / CHECKPOINTS
-    if which == "last":
-        path = ckpt_dir / "last.ckpt"
+    if which in ("last", "averaged"):
+        path = ckpt_dir / f"{which}.ckpt"  # averaged.ckpt: written by average_last=N (attnlab.callbacks)
     elif which == "best":
-        best = sorted(p for p in ckpt_dir.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("last-"))
+        best = sorted(p for p in ckpt_dir.glob("*.ckpt") if p.name not in ("last.ckpt", "averaged.ckpt") and not p.name.startswith("last-"))
         path = best[-1] if best else ckpt_dir / "last.ckpt"
     else:
         path = Path(which).expanduser().resolve()
     if not path.is_file():
-        raise RunError(f"no checkpoint {path}; choose ckpt=best, ckpt=last or the path of a .ckpt file")
+        raise RunError(f"no checkpoint {path}; choose ckpt=best, ckpt=last, ckpt=averaged (runs with average_last) or the path of a .ckpt file")
     return path
 
 

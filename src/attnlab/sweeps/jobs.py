@@ -95,6 +95,7 @@ def read_job(job_dir: Path) -> Job:
         except RunError as err:  # being rewritten right now, or damaged
             log.warning("%s", err)
     metrics = runs.read_json(job_dir / runs.METRICS) if (job_dir / runs.METRICS).is_file() else {}
+    metrics = {k: v for k, v in metrics.items() if not isinstance(v, str)}  # numbers only; a signature is no metric
     overrides = _read_overrides(job_dir, manifest)
     seed = manifest.get("seed", next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), None))
     return Job(

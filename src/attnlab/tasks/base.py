@@ -36,6 +36,8 @@ class Task(L.LightningModule):
         self.figures_dir: Path | None = None
         # Values that are not scalars (a confusion matrix, ...), filled at test time for the caller to save.
         self.test_artifacts: dict[str, Any] = {}
+        # Strings that belong beside the test metrics in metrics.json (how a score was computed: a signature).
+        self.test_labels: dict[str, str] = {}
         # Evaluation losses as sample-weighted means synced over processes (see `log_loss`).
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
