@@ -230,10 +230,13 @@ def test_batches_are_padded_and_index_finds_the_raw_pair(fake, tmp_path):
                 assert row[0] == facts["sos_id"] and row[-1] == facts["eos_id"]
                 assert prep.decode_target(row) == dm.references(split)[i]  # byte-level BPE: exact
             assert rows(batch, "src", facts["src_pad_id"]) == prep.encode_source([dm.sources(split)[i] for i in index])
+            # An evaluation batch names its set and carries the raw references BLEU is scored against.
+            assert batch["set"] == split and batch["refs"] == [dm.references(split)[i] for i in index.tolist()]
             seen += index.tolist()
         assert sorted(seen) == list(range(len(dm.sources(split))))
     train = next(iter(dm.train_dataloader()))
     assert train["src"].shape[0] == 16 and train["tgt"][:, 0].eq(facts["sos_id"]).all()
+    assert "refs" not in train and "set" not in train
 
 
 def test_training_order_is_seeded_and_changes_each_epoch(fake, tmp_path):

@@ -76,12 +76,15 @@ class TranslationPreprocessing:
 
 class PairDataset(Dataset):
     """Encoded sentence pairs; a batch is {"src": (B, S), "tgt": (B, T), "index": (B,)}, each side padded to its own
-    longest row in the batch."""
+    longest row in the batch. An evaluation set also gives its name and raw references: {"set": name, "refs": [B
+    reference sentences]}, so a task scores BLEU on the text itself, with no data module at hand."""
 
-    def __init__(self, src: TokenizedDataset, tgt: TokenizedDataset) -> None:
+    def __init__(self, src: TokenizedDataset, tgt: TokenizedDataset, *, name: str | None = None,
+                 references: Sequence[str] | None = None) -> None:
         if len(src) != len(tgt):
             raise ValueError(f"{len(src)} sources for {len(tgt)} targets")
         self.src, self.tgt = src, tgt
+        self.name, self.references = name, references
 
     def __len__(self) -> int:
         return len(self.src)
@@ -91,13 +94,17 @@ class PairDataset(Dataset):
         """(N,) src + tgt tokens: the bucketing key (the two sides' lengths go together)."""
         return self.src.lengths + self.tgt.lengths
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         src, index = self.src.__getitems__(indices)
         tgt, _ = self.tgt.__getitems__(indices)
-        return {"src": src["input_ids"], "tgt": tgt["input_ids"], "index": index}
+        batch: dict[str, Any] = {"src": src["input_ids"], "tgt": tgt["input_ids"], "index": index}
+        if self.references is not None:
+            batch["set"] = self.name
+            batch["refs"] = [self.references[i] for i in index.tolist()]
+        return batch
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: v if k == "set" else v[0] for k, v in self.__getitems__([i]).items()}
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -339,8 +346,9 @@ class TranslationDataModule(L.LightningDataModule):
         s_ids, s_off = truncate(src_ids, src_offsets, index=keep, max_len=self.max_src_len, suffix=[src.eos_id])
         t_ids, t_off = truncate(tgt_ids, tgt_offsets, index=keep, max_len=self.max_tgt_len, prefix=[tgt.sos_id],
                                 suffix=[tgt.eos_id])
+        evaluated = {} if split == "train" else {"name": split, "references": self.references(split)}
         return PairDataset(TokenizedDataset(s_ids, s_off, keep, pad_id=src.pad_id),
-                           TokenizedDataset(t_ids, t_off, keep, pad_id=tgt.pad_id))
+                           TokenizedDataset(t_ids, t_off, keep, pad_id=tgt.pad_id), **evaluated)
 
     def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
