@@ -29,6 +29,11 @@ NEEDS = {
     **{("data", d): ["model=gpt", "task=language_modeling"] for d in ("tinystories", "tinystories_sample")},
     ("data", "text_corpus"): ["model=gpt", "task=language_modeling", "data.train_file=stories.txt"],
 }
+# Translation models whose data module is not on this branch yet: checked on their own, with a translation data
+# module's facts (move them to NEEDS, with data=multi30k, when the translation data lands).
+MODEL_ONLY = ("transformer_seq2seq", "lstm_attention")
+SEQ2SEQ_FACTS = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2,
+                 "eos_id": 3, "max_src_len": 64, "max_tgt_len": 64, "shared_vocab": True}
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 
 
@@ -71,6 +76,9 @@ GROUP_OPTIONS = [
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes_and_checks(group, option):
+    if group == "model" and option in MODEL_ONLY:
+        build.check(composed([f"model={option}"]).model, "model", facts=SEQ2SEQ_FACTS)
+        return
     extra = ["data=imdb", "model=bert"] if group.startswith("tokenizer") else NEEDS.get((group, option), [])
     cfg = composed([*extra, f"{group}={option}"])
     check_all(cfg)
