@@ -2,12 +2,12 @@
 
 Each model config is composed by Hydra as a run would compose it, shrunk through its size arguments, and built by
 attnlab.build with the facts of a tiny data module of its family; the family comes from what the constructor takes
-(image_size: images; vocab_size with num_classes: text classification; vocab_size alone: language modelling), so a
-new model file is tested without an edit here, or fails until its family is known. A trained model then runs
-forward and backward to a finite loss with a finite gradient on every parameter, states its output layer (the last
-module with weights to run, of the output's shape), and its state_dict saved with torch.save and read back with
-`torch.load(weights_only=True)` into a fresh instance gives identical outputs in eval mode. A count-based model
-(one with `fit`, no parameters) is fitted, scored and round-tripped instead.
+(image_size: images; src_vocab_size: translation; vocab_size with num_classes: text classification; vocab_size
+alone: language modelling), so a new model file is tested without an edit here, or fails until its family is known.
+A trained model then runs forward and backward to a finite loss with a finite gradient on every parameter, states
+its output layer (the last module with weights to run, of the output's shape), and its state_dict saved with
+torch.save and read back with `torch.load(weights_only=True)` into a fresh instance gives identical outputs in eval
+mode. A count-based model (one with `fit`, no parameters) is fitted, scored and round-tripped instead.
 """
 
 import io
@@ -29,11 +29,14 @@ B, T = 3, 12
 IMAGE_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 5, "class_names": list("abcde")}
 TEXT_FACTS = {"vocab_size": 40, "pad_id": 0, "max_len": 16, "num_classes": 3, "class_names": ["a", "b", "c"]}
 LM_FACTS = {"vocab_size": 40, "max_len": 16, "eos_id": 1, "token_bytes": None, "tokenizer": None}
+SEQ2SEQ_FACTS = {"src_vocab_size": 40, "tgt_vocab_size": 44, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2, "eos_id": 3,
+                 "max_src_len": 16, "max_tgt_len": 16, "shared_vocab": False}
 # Size arguments, shrunk wherever a model takes them (a value per type where models differ: CNN's hidden is a
 # width, MLP's a list of widths), so every model builds and runs in a fraction of a second.
 TINY = {
     "d_model": [16], "n_layers": [1], "n_heads": [2], "d_ff": [32], "d_embed": [8], "d_hidden": [16],
     "channels": [[4, 8]], "latent_dim": [8], "hidden": [16, [16]], "n_layer": [1], "n_embd": [16], "n_head": [2],
+    "n_enc_layers": [1], "n_dec_layers": [1],
 }
 # Models whose config names a hub checkpoint are built offline from their architecture's config, at a tiny size.
 OFFLINE = {
@@ -46,7 +49,7 @@ def model_config(name: str):
     """The model node Hydra composes for `model=<name>`, with tiny sizes and no hub download."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         node = compose(f"model/{name}").model  # the option alone: what `model=<name>` puts under cfg.model, 3x faster
-    params, hints, _ = build.parameters(build.check(node, "model", facts={**IMAGE_FACTS, **TEXT_FACTS, **LM_FACTS}))
+    params, hints, _ = build.parameters(build.check(node, "model", facts={**IMAGE_FACTS, **TEXT_FACTS, **LM_FACTS, **SEQ2SEQ_FACTS}))
     with open_dict(node):
         for key, candidates in TINY.items():
             if key in params:
@@ -61,13 +64,15 @@ def model_config(name: str):
 def family(name: str, params: dict) -> str:
     if "image_size" in params:
         return "image_classifier" if "num_classes" in params else "reconstruction"
+    if "src_vocab_size" in params:
+        return "seq2seq"
     if "vocab_size" in params:
         return "text_classifier" if "num_classes" in params else "language_model"
-    pytest.fail(f"model={name} takes neither image_size nor vocab_size: teach tests/models/test_contract.py its family")
+    pytest.fail(f"model={name} takes none of image_size, src_vocab_size, vocab_size: teach tests/models/test_contract.py its family")
 
 
 FACTS = {"image_classifier": IMAGE_FACTS, "reconstruction": IMAGE_FACTS, "text_classifier": TEXT_FACTS,
-         "language_model": LM_FACTS}
+         "language_model": LM_FACTS, "seq2seq": SEQ2SEQ_FACTS}
 
 
 def batch(kind: str, seed: int = 0) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
@@ -81,6 +86,12 @@ def batch(kind: str, seed: int = 0) -> tuple[torch.Tensor | dict[str, torch.Tens
         mask = torch.arange(T) < torch.tensor([T, T - 4, 2])[:, None]  # padding at the end, one short text
         return {"input_ids": ids.masked_fill(~mask, TEXT_FACTS["pad_id"]), "attention_mask": mask}, torch.randint(
             0, TEXT_FACTS["num_classes"], (B,), generator=g)
+    if kind == "seq2seq":
+        src = torch.randint(4, SEQ2SEQ_FACTS["src_vocab_size"], (B, T), generator=g)
+        src = src.masked_fill(torch.arange(T) >= torch.tensor([T, T - 4, 2])[:, None], SEQ2SEQ_FACTS["src_pad_id"])
+        tgt = torch.randint(4, SEQ2SEQ_FACTS["tgt_vocab_size"], (B, T + 1), generator=g)
+        tgt[:, 0] = SEQ2SEQ_FACTS["sos_id"]
+        return {"src": src, "tgt_in": tgt[:, :-1]}, tgt[:, 1:]
     ids = torch.randint(0, LM_FACTS["vocab_size"], (B, T + 1), generator=g)
     return ids[:, :-1], ids[:, 1:]
 
@@ -93,8 +104,9 @@ def loss_of(kind: str, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     if kind == "reconstruction":
         assert out.shape == targets.shape
         return F.mse_loss(out, targets)
-    if kind == "language_model":
-        assert out.shape == (B, T, LM_FACTS["vocab_size"])
+    if kind in ("language_model", "seq2seq"):
+        vocab_size = LM_FACTS["vocab_size"] if kind == "language_model" else SEQ2SEQ_FACTS["tgt_vocab_size"]
+        assert out.shape == (B, T, vocab_size)
         return F.cross_entropy(out.flatten(0, 1), targets.flatten())
     assert out.shape == (B, FACTS[kind]["num_classes"])
     return F.cross_entropy(out, targets)
