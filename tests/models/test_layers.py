@@ -4,7 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from attnlab.models.layers import MLP, Block, LearnedPositions, MultiHeadAttention, SinusoidalPositions
+from attnlab.models.layers import (
+    MLP,
+    Block,
+    DecoderBlock,
+    KVCache,
+    LearnedPositions,
+    MultiHeadAttention,
+    PostNormBlock,
+    PostNormDecoderBlock,
+    SinusoidalPositions,
+)
 
 D, H = 16, 4
 
@@ -116,3 +126,45 @@ def test_sinusoidal_positions_odd_width_and_not_in_state_dict() -> None:
     pos = SinusoidalPositions(max_len=4, d_model=7)
     assert pos(torch.zeros(1, 4, 7)).shape == (1, 4, 7)
     assert pos.state_dict() == {}
+
+
+def test_precomputed_context_keys_and_values_equal_the_context() -> None:
+    attn = MultiHeadAttention(d_model=D, n_heads=H).eval()
+    x, context = torch.randn(2, 3, D), torch.randn(2, 7, D)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    torch.testing.assert_close(attn(x, context_kv=attn.context_kv(context), mask=mask), attn(x, context, mask=mask))
+
+
+def test_kv_cache_reorder_keeps_and_repeats_rows() -> None:
+    cache = KVCache(max_len=4)
+    cache.reorder(torch.tensor([0]))  # nothing cached yet: nothing to do
+    k, v = torch.randn(3, H, 2, 5), torch.randn(3, H, 2, 5)
+    cache.append(k, v)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    k2, v2 = cache.append(torch.zeros(3, H, 1, 5), torch.zeros(3, H, 1, 5))
+    assert torch.equal(k2[:, :, :2], k[[2, 2, 0]]) and torch.equal(v2[:, :, :2], v[[2, 2, 0]])
+    assert k2.shape == (3, H, 3, 5)
+
+
+@pytest.mark.parametrize("block_type", [DecoderBlock, PostNormDecoderBlock])
+def test_decoder_block_with_cache_equals_full_causal_pass(block_type: type[nn.Module]) -> None:
+    block = block_type(d_model=D, n_heads=H, d_ff=32).eval()
+    x, memory = torch.randn(2, 6, D), torch.randn(2, 5, D)
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    kv = block.memory_kv(memory)
+    full = block(x, kv, memory_mask=mask)
+    cache = KVCache(max_len=6)
+    steps = [block(x[:, t : t + 1], kv, memory_mask=mask, cache=cache) for t in range(6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    x2 = x.clone()
+    x2[:, 4] = torch.randn(2, D)
+    torch.testing.assert_close(block(x2, kv, memory_mask=mask)[:, :4], full[:, :4], atol=1e-5, rtol=0)  # causal
+
+
+def test_post_norm_block_normalises_its_output_with_the_same_weights() -> None:
+    pre, post = Block(d_model=D, n_heads=H, d_ff=32), PostNormBlock(d_model=D, n_heads=H, d_ff=32)
+    post.load_state_dict(pre.state_dict())  # one set of parameter names: the norm is a choice of forward only
+    y = post(torch.randn(2, 5, D) * 10)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)

@@ -2,10 +2,13 @@
 
 Built from layers.py: the encoder is a stack of self-attention blocks with a key-padding mask on the source, the decoder
 a stack of blocks with causal self-attention and cross-attention to the encoder's output. Pre-norm by default (trains
-without a long warm-up), post-norm as in the paper; ReLU feed-forwards, as in the paper. Token embeddings are scaled by sqrt(d_model) (paper, section 3.4)
-from an init of std d_model**-0.5, so tokens enter at unit size, the size of the sinusoids added to them (fairseq's
-recipe); every Linear has GPT-2's init. The decoder's embedding is tied to the output layer by default, and the
-source's to the target's when the data has one vocabulary for both.
+without a long warm-up), post-norm as in the paper; ReLU feed-forwards, as in the paper. Token embeddings are
+scaled by sqrt(d_model) (paper, section 3.4) from an init of std d_model**-0.5, so tokens enter at unit size, the size
+of the sinusoids added to them (fairseq's recipe; learned positions start at that size too); every Linear has GPT-2's
+init. The decoder's embedding is tied to the output layer by default, and the source's to the target's when the data
+has one vocabulary for both. A tied output layer reads the hidden state scaled by d_model**-0.5 (as T5 does): the
+unit-size embedding would otherwise score the input token ~sqrt(d_model) above the rest, and the untrained model
+would start at a loss far above log(vocab_size).
 
 Decoding (attnlab.models.decoding) drives `encode` / `start` / `step` / `reorder`: the encoder's output is projected
 to each layer's cross-attention keys and values once per sentence, and each step feeds one token through a key/value
@@ -103,6 +106,7 @@ class TransformerSeq2Seq(nn.Module):
         self.src_pad_id = src_pad_id
         self.max_tgt_len = max_tgt_len
         self.embed_scale = math.sqrt(d_model)
+        self.out_scale = d_model**-0.5 if tie_output else 1.0  # see the module's docstring
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=tgt_pad_id)
         one_vocab = shared_vocab and src_vocab_size == tgt_vocab_size and src_pad_id == tgt_pad_id
         if share_embeddings and one_vocab:
@@ -123,7 +127,7 @@ class TransformerSeq2Seq(nn.Module):
             self.out.weight = self.tgt_embed.weight  # Press & Wolf (2017): one matrix reads and scores tokens
 
     def _init_weights(self, d_model: int, n_enc_layers: int, n_dec_layers: int) -> None:
-        """GPT-2's init for Linear layers; embeddings (and learned positions) N(0, d_model**-0.5), pad rows zero."""
+        """GPT-2's init for Linear layers; embeddings N(0, d_model**-0.5), pad rows zero; learned positions N(0, 1/2)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
@@ -134,7 +138,7 @@ class TransformerSeq2Seq(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
             elif isinstance(module, LearnedPositions):
-                nn.init.normal_(module.pos, std=d_model**-0.5)
+                nn.init.normal_(module.pos, std=0.5**0.5)  # the sinusoids' variance: positions as loud as tokens
         for stack, branches in ((self.encoder, 2 * n_enc_layers), (self.decoder, 3 * n_dec_layers)):
             for name, p in stack.named_parameters():
                 if name.endswith(_RESIDUAL_PROJECTIONS):
@@ -148,7 +152,7 @@ class TransformerSeq2Seq(nn.Module):
         """Map source ids (B, S) and target inputs (B, T) (starting with <sos>) to next-token logits (B, T, V)."""
         encoded = self.encode(src)
         memory_kv = [block.memory_kv(encoded.memory) for block in self.decoder]
-        return self.out(self._decode(tgt_in, memory_kv, encoded.mask, None))  # (B, T, V)
+        return self.out(self._decode(tgt_in, memory_kv, encoded.mask, None) * self.out_scale)  # (B, T, V)
 
     def encode(self, src: torch.Tensor) -> Encoded:
         """Run the encoder over source ids (B, S) padded with src_pad_id (padding never changes the result)."""
@@ -191,7 +195,7 @@ class TransformerSeq2Seq(nn.Module):
             h = self._decode(state.prefix, state.memory_kv, state.mask, None)[:, -1]  # (B, D)
         else:
             h = self._decode(tokens[:, None], state.memory_kv, state.mask, state.caches)[:, 0]  # (B, D)
-        return F.log_softmax(self.out(h).float(), dim=-1), state
+        return F.log_softmax(self.out(h * self.out_scale).float(), dim=-1), state
 
     def reorder(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
         """Keep (or repeat) the rows `index` (B',) of the state, in that order."""
