@@ -94,6 +94,13 @@ def _generate_job(cfg: DictConfig) -> None:
 
 
 @_guarded
+def _translate_job(cfg: DictConfig) -> None:
+    from attnlab.translate import translate as run_translation
+
+    run_translation(cfg)
+
+
+@_guarded
 def _plot_job(cfg: DictConfig) -> None:
     from attnlab.errors import RunError
 
@@ -197,3 +204,8 @@ def plot() -> Any:
 def generate() -> Any:
     """`attnlab-generate` / app/generate.py."""
     return _main(_generate_job, "generate")()
+
+
+def translate() -> Any:
+    """`attnlab-translate` / app/translate.py."""
+    return _main(_translate_job, "translate")()

@@ -37,12 +37,20 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     loaded = runs.load_model(cfg.run, str(cfg.ckpt))
     run_cfg, run_dir, ckpt_path = loaded.cfg, loaded.run_dir, loaded.checkpoint
     if cfg.get("data_dir"):
-        run_cfg.data.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+        node = run_cfg.data.source if "data_dir" in run_cfg.data.get("source", {}) else run_cfg.data  # translation: data.source
+        node.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
+    for key, value in (cfg.get("task") or {}).items():  # e.g. task.beam_size=1: the run's test decoded greedily
+        if key not in run_cfg.task:
+            raise ConfigError(f"task.{key}: the run's task ({run_cfg.task._target_}) has no such setting; it has: "
+                              f"{', '.join(k for k in run_cfg.task if k != '_target_')}")
+        run_cfg.task[key] = value
     # Around the loaded model: the task (its metrics, no optimizer) and the data module of the split evaluated.
     datamodule = build.make_datamodule(run_cfg, artifacts=run_dir)
     task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
     out_dir = run_dir / "validation"
-    task.figures_dir = out_dir / cfg.split
+    # With changed task settings the report is named after them, beside (never over) the plain one.
+    name = "_".join([cfg.split, *(f"{k}={v}" for k, v in sorted((cfg.get("task") or {}).items()))])
+    task.figures_dir = out_dir / name
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule.prepare_data()
     datamodule.setup("test" if cfg.split == "test" else "validate")
@@ -60,9 +68,10 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
     metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
-    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "metrics": metrics, **task.test_artifacts}
+    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split,
+              "task": dict(cfg.get("task") or {}), "metrics": metrics, **task.test_artifacts}
     out_dir.mkdir(exist_ok=True)
-    runs.write_json(out_dir / f"{cfg.split}.json", report)
+    runs.write_json(out_dir / f"{name}.json", report)
     _print_table(f"{run_dir.name}: {cfg.split} ({ckpt_path.name})", metrics)
-    log.info("wrote %s and figures in %s", out_dir / f"{cfg.split}.json", task.figures_dir)
+    log.info("wrote %s and figures in %s", out_dir / f"{name}.json", task.figures_dir)
     return report

@@ -156,7 +156,8 @@ class TranslationDataModule(L.LightningDataModule):
         src, tgt = self._tokenizers().values()
         return {"src_vocab_size": src.vocab_size, "tgt_vocab_size": tgt.vocab_size, "src_pad_id": src.pad_id,
                 "tgt_pad_id": tgt.pad_id, "sos_id": tgt.sos_id, "eos_id": tgt.eos_id, "max_src_len": self.max_src_len,
-                "max_tgt_len": self.max_tgt_len, "shared_vocab": self.joint, "test_sets": self.test_set_names()}
+                "max_tgt_len": self.max_tgt_len, "shared_vocab": self.joint, "test_sets": self.test_set_names(),
+                "tgt_tokenizer": tgt}  # the task detokenizes its translations with it (BLEU is scored on text)
 
     def save_artifacts(self, run_dir: Path) -> None:
         """Keep the tokenizer(s) and the test set names in the run directory: validation, translation and resumed runs
