@@ -41,7 +41,8 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("kind, kw", VARIANTS, ids=IDS)
 def test_shapes_and_gradients_reach_every_parameter(kind, kw):
-    model = tiny(kind, dropout=0.1, **kw)
+    # (A scaled tied output starts near uniform; the default fairseq recipe starts above it: see the model's docstring.)
+    model = tiny(kind, dropout=0.1, **({"scale_tied_output": True} if kind == "transformer" else {}), **kw)
     src, tgt_in = batch()
     logits = model(src, tgt_in)
     assert logits.shape == (3, 6, TV)
@@ -122,3 +123,29 @@ def test_named_sizes():
     with torch.device("meta"):  # the shape only: no memory, no init time
         base = transformer_seq2seq_base(**kw)
     assert (len(base.encoder), len(base.decoder), base.tgt_embed.embedding_dim) == (6, 6, 512)
+
+
+@pytest.mark.parametrize("kind, kw", VARIANTS, ids=IDS)
+def test_cross_attention_weights_are_distributions_over_the_real_source(kind, kw):
+    model = tiny(kind, **kw).eval()
+    src, tgt_in = batch()
+    weights = model.cross_attention(src, tgt_in)  # (B, T, S)
+    assert weights.shape == (3, 6, 9)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 6))
+    assert weights.masked_select((src == PAD)[:, None, :].expand_as(weights)).eq(0).all()  # never on padding
+    # The second sentence alone (its padding cut off) gets the same weights.
+    alone = model.cross_attention(src[1:2, :5], tgt_in[1:2])[0]
+    torch.testing.assert_close(alone, weights[1, :, :5])
+
+
+def test_written_out_attention_weights_give_the_fused_attentions_output():
+    from attnlab.models.layers import MultiHeadAttention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=16, n_heads=4).eval()
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = (torch.arange(7) < torch.tensor([7, 4])[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    kv = mha.context_kv(memory)
+    w = mha.weights(x, kv, mask)  # (B, nh, T, S)
+    by_hand = mha.out_proj((w @ kv[1]).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(by_hand, mha(x, mask=mask, context_kv=kv), rtol=1e-5, atol=1e-6)

@@ -136,6 +136,16 @@ class MultiHeadAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D): heads side by side again
         return self.out_proj(y)
 
+    def weights(self, x: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights (B, nh, T, S) of queries from x (B, T, D) over a context's keys, written out (the
+        forward pass never forms them: SDPA fuses them away). For figures."""
+        B, T, D = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
+        scores = q @ context_kv[0].transpose(-2, -1) / math.sqrt(D // self.n_heads)  # (B, nh, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values (B, nh, S, hs) each that queries read from a context (B, S, D)."""
         B, S, D = context.shape

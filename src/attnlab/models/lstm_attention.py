@@ -80,6 +80,7 @@ class DecoderState:
     h: list[torch.Tensor]  # per layer (B, H)
     c: list[torch.Tensor]  # per layer (B, H)
     feed: torch.Tensor  # (B, H): the last attentional vector, fed with the next token
+    weights: torch.Tensor | None = None  # (B, S): the last step's attention over the source (for figures)
 
 
 class LSTMAttention(nn.Module):
@@ -145,6 +146,17 @@ class LSTMAttention(nn.Module):
             feeds.append(state.feed)
         return self.out(self.drop(torch.stack(feeds, dim=1)))  # (B, T, V)
 
+    @torch.no_grad()
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B, T, S) over the source at each target position, teacher-forced (for figures)."""
+        state = self.start(self.encode(src))
+        emb = self.tgt_embed(tgt_in)  # (B, T, E)
+        weights = []
+        for t in range(tgt_in.size(1)):
+            state = self._advance(emb[:, t], state)
+            weights.append(state.weights)
+        return torch.stack(weights, dim=1)  # (B, T, S)
+
     def encode(self, src: torch.Tensor) -> Encoded:
         """Run the encoder over source ids (B, S) padded with src_pad_id at the end."""
         B, S = src.shape
@@ -189,9 +201,10 @@ class LSTMAttention(nn.Module):
             cs.append(c)
             x = h
         scores = self.attention(x, state.keys).masked_fill(~state.mask, float("-inf"))  # (B, S)
-        context = torch.bmm(scores.softmax(dim=-1)[:, None], state.memory)[:, 0]  # (B, 2H)
+        weights = scores.softmax(dim=-1)  # (B, S)
+        context = torch.bmm(weights[:, None], state.memory)[:, 0]  # (B, 2H)
         feed = torch.tanh(self.combine(torch.cat([context, x], dim=-1)))  # (B, H)
-        return DecoderState(memory=state.memory, keys=state.keys, mask=state.mask, h=hs, c=cs, feed=feed)
+        return DecoderState(memory=state.memory, keys=state.keys, mask=state.mask, h=hs, c=cs, feed=feed, weights=weights)
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """Feed one target token per row (B,); return next-token log-probs (B, V) and the advanced state."""

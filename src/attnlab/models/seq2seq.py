@@ -6,9 +6,11 @@ without a long warm-up), post-norm as in the paper; ReLU feed-forwards, as in th
 scaled by sqrt(d_model) (paper, section 3.4) from an init of std d_model**-0.5, so tokens enter at unit size, the size
 of the sinusoids added to them (fairseq's recipe; learned positions start at that size too); every Linear has GPT-2's
 init. The decoder's embedding is tied to the output layer by default, and the source's to the target's when the data
-has one vocabulary for both. A tied output layer reads the hidden state scaled by d_model**-0.5 (as T5 does): the
-unit-size embedding would otherwise score the input token ~sqrt(d_model) above the rest, and the untrained model
-would start at a loss far above log(vocab_size).
+has one vocabulary for both. A tied output layer reads the hidden state as it is (fairseq's recipe): the untrained
+model then scores its own input token ~sqrt(d_model) above the rest and starts several nats above log(vocab_size),
+which the first hundred steps undo. `scale_tied_output=True` reads it scaled by d_model**-0.5 instead (as T5 does):
+it starts at log(vocab_size), but on Multi30k (width 128) it learned far more slowly: validation loss 5.49 after
+the first epoch, where the unscaled output is at 4 (see README).
 
 Decoding (attnlab.models.decoding) drives `encode` / `start` / `step` / `reorder`: the encoder's output is projected
 to each layer's cross-attention keys and values once per sentence, and each step feeds one token through a key/value
@@ -92,6 +94,7 @@ class TransformerSeq2Seq(nn.Module):
         positions: Positions = "sinusoidal",
         share_embeddings: bool = True,
         tie_output: bool = True,
+        scale_tied_output: bool = False,
     ) -> None:
         """share_embeddings applies only where the data has one vocabulary for both sides (shared_vocab, equal sizes
         and pad ids); otherwise the source and target embeddings stay separate. tie_output makes the output layer's
@@ -106,7 +109,7 @@ class TransformerSeq2Seq(nn.Module):
         self.src_pad_id = src_pad_id
         self.max_tgt_len = max_tgt_len
         self.embed_scale = math.sqrt(d_model)
-        self.out_scale = d_model**-0.5 if tie_output else 1.0  # see the module's docstring
+        self.out_scale = d_model**-0.5 if tie_output and scale_tied_output else 1.0  # see the module's docstring
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=tgt_pad_id)
         one_vocab = shared_vocab and src_vocab_size == tgt_vocab_size and src_pad_id == tgt_pad_id
         if share_embeddings and one_vocab:
@@ -153,6 +156,21 @@ class TransformerSeq2Seq(nn.Module):
         encoded = self.encode(src)
         memory_kv = [block.memory_kv(encoded.memory) for block in self.decoder]
         return self.out(self._decode(tgt_in, memory_kv, encoded.mask, None) * self.out_scale)  # (B, T, V)
+
+    @torch.no_grad()
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """The last decoder layer's cross-attention weights (B, T, S), averaged over heads, teacher-forced (for figures)."""
+        encoded = self.encode(src)
+        memory_kv = [block.memory_kv(encoded.memory) for block in self.decoder]
+        seen: dict[str, torch.Tensor] = {}
+        last = self.decoder[-1].cross_attn
+        # The query the last cross-attention reads (its input), caught on the way through the decoder.
+        hook = last.register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0]))
+        try:
+            self._decode(tgt_in, memory_kv, encoded.mask, None)
+        finally:
+            hook.remove()
+        return last.weights(seen["x"], memory_kv[-1], encoded.mask).mean(dim=1)  # (B, T, S)
 
     def encode(self, src: torch.Tensor) -> Encoded:
         """Run the encoder over source ids (B, S) padded with src_pad_id (padding never changes the result)."""

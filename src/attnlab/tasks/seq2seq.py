@@ -62,6 +62,7 @@ class Seq2SeqTask(Task):
         max_len_a: float = 1.5,
         max_len_b: int = 10,
         examples: int = 3,
+        attention_example: int | None = 0,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
         if not 0.0 <= label_smoothing < 1.0:
@@ -74,6 +75,9 @@ class Seq2SeqTask(Task):
         self.val_bleu = val_bleu
         self.beam_size, self.alpha, self.max_len_a, self.max_len_b = beam_size, alpha, max_len_a, max_len_b
         self.examples = examples
+        # The sentence (index in the first test set) whose cross-attention is drawn at test time; None: no figure.
+        self.attention_example = attention_example
+        self._example: tuple[list[int], list[int]] | None = None  # its source ids and translation ids
         self.val_bleu_best = MaxMetric()
         self._eval: dict[str, dict[str, Any]] = {}  # per evaluation set: nll, tokens, (index, hypothesis, reference)
 
@@ -100,7 +104,12 @@ class Seq2SeqTask(Task):
         if self.tokenizer is not None and (stage == "test" or self.val_bleu):
             hyps = self.translate_ids(batch["src"], beam_size=self.beam_size if stage == "test" else 1)
             texts = [self.tokenizer.decode(ids) for ids in hyps]
-            acc["rows"].extend(zip(batch["index"].tolist(), texts, batch["refs"]))
+            index = batch["index"].tolist()
+            acc["rows"].extend(zip(index, texts, batch["refs"]))
+            if stage == "test" and self._example is None and self.attention_example in index:
+                row = index.index(self.attention_example)
+                src = batch["src"][row]
+                self._example = (src[src != self.model.src_pad_id].tolist(), list(hyps[row]))
         return nll / tokens.clamp(min=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
@@ -126,6 +135,7 @@ class Seq2SeqTask(Task):
 
     def on_test_epoch_start(self) -> None:
         self._eval = {}
+        self._example = None
 
     def _gathered(self) -> dict[str, dict[str, Any]]:
         """Every process's sums and rows, merged (evaluation under DDP is sharded without padding)."""
@@ -180,7 +190,25 @@ class Seq2SeqTask(Task):
                             for sig in list(details.values())[:1] for m in ("bleu", "chrf")}
         if not self.trainer.is_global_zero:
             return
+        self.draw_attention()
         for name, d in details.items():  # the detokenized translations, one line per source sentence, in order
             path = self.figure_path(f"translations_{name}.txt")
             if path is not None:
                 path.write_text("".join(f"{h}\n" for h in d["hypotheses"]), encoding="utf-8")
+
+    def draw_attention(self) -> None:
+        """plots/cross_attention.png: where the model looked in the source for each token of one test translation."""
+        path = self.figure_path("cross_attention.png") if self._example and hasattr(self.model, "cross_attention") else None
+        if path is None or self.tokenizer is None:
+            return
+        src_ids, hyp_ids = self._example
+        device = self.device
+        src = torch.tensor([src_ids], device=device)
+        tgt_in = torch.tensor([[self.sos_id, *hyp_ids]], device=device)
+        weights = self.model.cross_attention(src, tgt_in)[0].float().cpu().numpy()  # (T, S)
+        from attnlab import plots
+
+        piece = lambda i: self.tokenizer.decode([i], skip_special=False)  # noqa: E731
+        plots.attention_map(weights, [piece(i) for i in src_ids], [piece(i) for i in (*hyp_ids, self.eos_id)], path,
+                            title=f"cross-attention, test sentence {self.attention_example}")
+        self.publish_figure("test/cross_attention", path)
