@@ -203,9 +203,20 @@ def plot() -> Any:
 
 def generate() -> Any:
     """`attnlab-generate` / app/generate.py."""
+    _free_text("prompt")
     return _main(_generate_job, "generate")()
+
+
+def _free_text(*keys: str) -> None:
+    """Let `key=<any text>` through Hydra's override grammar, which refuses unquoted `!`, `,`, `(`, ... : quote the
+    value (unless it is quoted already), so `text=Stop, thief!` means what it says."""
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        key, eq, value = arg.partition("=")
+        if eq and key in keys and not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+            sys.argv[i] = f"{key}='" + value.replace("'", "\\'") + "'"
 
 
 def translate() -> Any:
     """`attnlab-translate` / app/translate.py."""
+    _free_text("text")
     return _main(_translate_job, "translate")()

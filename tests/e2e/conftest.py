@@ -1,6 +1,7 @@
 """CLI fixtures: the repo's scripts run as users run them, in a subprocess, on generated data, results and caches
 under tmp_path. `cli` trains on fake MNIST, `text_cli` on a fake IMDB, `lm_cli` on a fake story corpus."""
 
+import gzip
 import os
 import subprocess
 import sys
@@ -60,3 +61,19 @@ def lm_cli(tmp_path, fake_stories_root):
     """Fake stories: context 32 and a 300-token BPE (the corpus is small), 8 sampled tokens, CSV tracking."""
     return make_cli(tmp_path, fake_stories_root, ["data=tinystories_sample", "data.max_len=32",
                     "data.tokenizer.max_vocab=300", "++task.sample_tokens=8", *QUIET, "tracker=csv"])
+
+
+@pytest.fixture
+def mt_cli(tmp_path):
+    """Generated Multi30k (300 train / 40 val / test_2016_flickr 30 / test_2017_mscoco 20 pairs) and Tatoeba (400 pairs)
+    files, a 300-token BPE, batches of 16, CSV tracking."""
+    from attnlab.data.parallel import fake_pairs, write_fake_multi30k
+
+    root = tmp_path / "data"
+    sizes = {"train": 300, "val": 40, "test_2016_flickr": 30, "test_2017_mscoco": 20}
+    write_fake_multi30k(root / "multi30k_en_fr", sizes=sizes)
+    (root / "tatoeba_fra_eng").mkdir()
+    with gzip.open(root / "tatoeba_fra_eng" / "fra.txt.gz", "wt", encoding="utf-8") as f:
+        f.writelines(f"{en}\t{fr}\n" for en, fr in zip(*fake_pairs(400, seed=7)))
+    return make_cli(tmp_path, root, ["data.tokenizer.max_vocab=300", "data.batch_size=16", "data.eval_batch_size=16",
+                                     "tracker=csv", *QUIET])

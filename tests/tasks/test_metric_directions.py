@@ -12,6 +12,7 @@ from attnlab.config import conf_dir, metric_mode
 from attnlab.tasks.classification import ClassificationTask
 from attnlab.tasks.language_modeling import LanguageModelingTask
 from attnlab.tasks.reconstruction import ReconstructionTask
+from attnlab.tasks.seq2seq import Seq2SeqTask
 
 
 def logged(task: L.LightningModule, batches: list) -> set[str]:
@@ -22,6 +23,24 @@ def logged(task: L.LightningModule, batches: list) -> set[str]:
     return names | set(trainer.test(task, dataloaders=loader, verbose=False)[0])
 
 
+class Detokenizer:
+    def decode(self, ids, skip_special=True) -> str:
+        return " ".join(map(str, ids))
+
+
+def _seq2seq():
+    from attnlab.models.seq2seq import TransformerSeq2Seq
+
+    torch.manual_seed(0)
+    model = TransformerSeq2Seq(src_vocab_size=9, tgt_vocab_size=9, src_pad_id=0, tgt_pad_id=0, max_src_len=8,
+                               max_tgt_len=8, d_model=8, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=16)
+    task = Seq2SeqTask(model=model, optimizer=torch.optim.SGD, tgt_pad_id=0, sos_id=1, eos_id=2, max_tgt_len=8,
+                       tgt_tokenizer=Detokenizer(), beam_size=2)
+    batch = {"src": torch.tensor([[3, 4, 2]]), "tgt": torch.tensor([[1, 5, 6, 2]]), "index": torch.tensor([0]),
+             "set": "test_2016_flickr", "refs": ["5 6"]}
+    return task, [batch], {"val/bleu_best"}
+
+
 TASKS = {
     "classification": lambda: (ClassificationTask(model=nn.Linear(4, 3), optimizer=torch.optim.SGD, num_classes=3),
                                [(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))], {"val/acc_best"}),
@@ -30,6 +49,7 @@ TASKS = {
     "language_modeling": lambda: (LanguageModelingTask(model=nn.Embedding(5, 5), optimizer=torch.optim.SGD,
                                                        token_bytes=[1.0] * 5, sample_tokens=0),
                                   [(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]]))], {"val/loss_best"}),
+    "seq2seq": _seq2seq,
 }
 
 
