@@ -1,7 +1,9 @@
 """Language-modelling text (TinyStories, any plain-text corpus): documents from local files or the hub, encoded once
 into memory-mapped token streams; random training windows, fixed validation windows.
 
-Files: UTF-8 text, plain or .gz (the published TinyStories-train.txt / TinyStories-valid.txt). Each `separator`
+Files: UTF-8 text, plain or .gz (the published TinyStories-train.txt / TinyStories-valid.txt), or JSON Lines (.jsonl,
+.jsonl.gz: one document per row, the first of `text_fields` it has). `train_file` may list several files, read in
+order as one corpus (IMDB reviews and SciTLDR abstracts for the GPT-2 base). Each `separator`
 (default `<|endoftext|>`, on its own line or not) ends a document; with separator "" blank lines do. Documents are
 stripped and empty ones dropped; a file without any separator is one document. Without a val_file the train file
 is split by document: round(val_fraction * n) documents, drawn with `split_seed`, go to validation. TinyStories
@@ -36,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from attnlab.data.loading import make_loader, shard
-from attnlab.data.sources import EOT, download_documents, iter_documents, open_text
+from attnlab.data.sources import EOT, download_documents, is_jsonl, iter_documents, iter_jsonl_documents, open_text
 from attnlab.data.text import atomic_dir, digest, file_stamps
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
 from attnlab.data.windows import RandomWindowSampler, TokenWindows, fixed_starts
@@ -150,7 +152,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         cache_dir: str,
         tokenizer: TokenizerRecipe,
         seed: int,
-        train_file: str,
+        train_file: str | list[str],
         val_file: str | None = None,
         test_file: str | None = None,
         data_dir: str | None = None,
@@ -166,6 +168,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         num_workers: int = 0,
         hub_id: str | None = None,
         hub_text_field: str = "text",
+        text_fields: list[str] = ["text"],
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -177,7 +180,11 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.recipe = tokenizer
         self.seed = seed
-        self.file_names = {"train": train_file, "val": val_file, "test": test_file}
+        self.train_names = [train_file] if isinstance(train_file, str) else list(train_file)
+        if not self.train_names:
+            raise ConfigError("data.train_file is an empty list; name at least one training file")
+        self.file_names = {"train": self.train_names[0], "val": val_file, "test": test_file}
+        self.text_fields = list(text_fields)
         self.data_dir = Path(data_dir) if data_dir else None
         self.name = name
         self.separator = separator
@@ -195,6 +202,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         self.datasets: dict[str, TokenWindows] = {}
         self._tok: Tokenizer | None = None
         self._paths: dict[str, Path | None] | None = None
+        self._train_paths: list[Path] = []
         self._val_mask: np.ndarray | None = None
         self._tokens_path: Path | None = None
         self._token_bytes: Tensor | None = None
@@ -249,27 +257,41 @@ class TextCorpusDataModule(L.LightningDataModule):
             return self._paths
         found = {split: self._find(name) for split, name in self.file_names.items()}
         hub_error = ""
-        if found["train"] is None and self.hub_id and self.data_dir:
+        if found["train"] is None and self.hub_id and self.data_dir and len(self.train_names) == 1:
             try:
                 files = {HUB_SPLITS[s]: self.file_names[s] for s in HUB_SPLITS if self.file_names[s]}
                 download_documents(self.hub_id, self.data_dir, files, text_field=self.hub_text_field, separator=self.separator)
                 found = {split: self._find(name) for split, name in self.file_names.items()}
             except Exception as e:  # offline, no `datasets`, network or hub errors all end the same way
                 hub_error = f" and the hub download of {self.hub_id!r} failed ({type(e).__name__}: {str(e)[:200]})"
-        for split, name in self.file_names.items():
-            if name is not None and found[split] is None:
+        named = [("train", name) for name in self.train_names] + [(s, self.file_names[s]) for s in ("val", "test")]
+        for split, name in named:
+            if name is not None and self._find(name) is None:
                 where = self.data_dir / name if self.data_dir else Path(name)
                 raise DataError(
                     f"no {self.name} {split} file {where} (or {where.name}.gz){hub_error}; put it there, or set "
                     f"data.data_dir / data.{split}_file (one file is split into train and validation when data.val_file=null, "
                     "e.g. data_dir=<shared data>/tinystories_sample train_file=validation_head.txt.gz)")
+        self._train_paths = [p for p in map(self._find, self.train_names) if p is not None]
         self._paths = found
         return found
 
+    def train_files(self) -> list[Path]:
+        """Every training file, in the order they are read."""
+        self.files()
+        return self._train_paths
+
     def _documents(self, split: str) -> Iterator[str]:
-        path = self.files()[split]
-        assert path is not None
-        return iter_documents(path, self.separator)
+        paths = self.train_files() if split == "train" else [self.files()[split]]
+        for path in paths:
+            assert path is not None
+            yield from (iter_jsonl_documents(path, self.text_fields) if is_jsonl(path)
+                        else iter_documents(path, self.separator))
+
+    def _fields_key(self) -> dict[str, Any]:
+        """The JSON fields read, when a JSON Lines file is read (absent otherwise, so older cache keys stay valid)."""
+        paths = self.train_files() + [p for s, p in self.files().items() if s != "train" and p is not None]
+        return {"text_fields": self.text_fields} if any(map(is_jsonl, paths)) else {}
 
     def _split_key(self) -> dict[str, Any] | None:
         """The settings that carve validation out of the train file, when they do."""
@@ -305,8 +327,8 @@ class TextCorpusDataModule(L.LightningDataModule):
         if not self.recipe.trains:
             return self.recipe.build()
         train = self.files()["train"]
-        key = {"tokenizer": self.recipe.settings(), "train": file_stamps([train]), "separator": self.separator,
-               "split": self._split_key(), "train_chars": self.tokenizer_train_chars}
+        key = {"tokenizer": self.recipe.settings(), "train": file_stamps(self.train_files()), "separator": self.separator,
+               "split": self._split_key(), "train_chars": self.tokenizer_train_chars, **self._fields_key()}
         path = self.cache_dir / f"tokenizer-{digest(key)}"
         if not path.is_dir():
             if next(self._documents("train"), None) is None:
@@ -326,8 +348,9 @@ class TextCorpusDataModule(L.LightningDataModule):
             return self._tokens_path
         tok = self.tokenizer
         files = {split: path for split, path in self.files().items() if path is not None}
+        stamps = {split: file_stamps(self.train_files() if split == "train" else [path]) for split, path in files.items()}
         key = {"version": _CACHE_VERSION, "tokenizer": tok.fingerprint(), "separator": self.separator,
-               "files": {split: file_stamps([path]) for split, path in files.items()}, "split": self._split_key()}
+               "files": stamps, "split": self._split_key(), **self._fields_key()}
         path = self.cache_dir / f"tokens-{digest(key)}"
         if (path / "meta.json").is_file():
             log.info("%s token cache hit: %s", self.name, path)

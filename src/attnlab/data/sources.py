@@ -129,6 +129,34 @@ def iter_documents(path: Path, separator: str = EOT) -> Iterator[str]:
         raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good UTF-8 copy") from None
 
 
+def iter_jsonl_documents(path: Path, fields: Iterable[str]) -> Iterator[str]:
+    """One document per JSON Lines row: the first of `fields` the row has (a list of strings is joined with spaces,
+    SciTLDR's sentence lists); rows with none of them, or with empty text, are skipped. One row in memory at a time."""
+    fields = list(fields)
+    try:
+        with open_text(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{line_no}: not JSON ({err.msg}); a .jsonl file holds one object per line") from None
+                value = next((row[k] for k in fields if isinstance(row, dict) and k in row), None)
+                text = " ".join(map(str, value)) if isinstance(value, list) else value
+                if isinstance(text, str) and (text := text.strip()):
+                    yield text
+    except FileNotFoundError:
+        raise DataError(f"missing text file {path}; copy it there or set data.data_dir / data.train_file") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good UTF-8 copy") from None
+
+
+def is_jsonl(path: Path) -> bool:
+    """A JSON Lines file by its name: .jsonl or .jsonl.gz."""
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
 def write_documents(path: Path, docs: Iterable[str], *, separator: str = EOT) -> int:
     """Write documents, each followed by a separator line (a blank line for separator ""), atomically; returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
