@@ -33,11 +33,15 @@ NEEDS = {
     ("data", "parallel"): ["model=transformer_seq2seq", "task=seq2seq", "data.source.train=[a.en,a.fr]",
                            "data.source.val=[b.en,b.fr]"],
     ("task", "seq2seq"): ["data=multi30k", "model=transformer_seq2seq"],
+    ("data", "scitldr"): ["model=hf_causal_lm", "task=language_modeling"],
 }
 SEQ2SEQ_FACTS = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2,
                  "eos_id": 3, "max_src_len": 64, "max_tgt_len": 64, "shared_vocab": True, "test_sets": ["test"],
                  "tgt_tokenizer": None}
 FACTS["attnlab.data.translation.TranslationDataModule"] = SEQ2SEQ_FACTS
+FACTS["attnlab.data.summarization.SummarizationDataModule"] = {
+    "vocab_size": 50257, "max_len": 512, "eos_id": 50256, "pad_id": 50256, "tokenizer": None, "max_summary_len": 64,
+    "test_sets": ["scitldr", "dialogsum"], "template": "{source}\nTL;DR:"}
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 
 
