@@ -268,9 +268,35 @@ def make_datamodule(cfg: DictConfig, artifacts: Path | None = None) -> Any:
     return datamodule
 
 
-def transform_model(model: Any, cfg: DictConfig) -> Any:
-    """The one place a built model is changed before use (today `compile`; adapters next), the same at training,
-    validation and loading. Weights are loaded before it, into the plain model; state_dict keys stay the plain model's."""
+def make_adapter(cfg: DictConfig) -> Any:
+    """The `peft` group's choice (attnlab.adapters), or None when the config has no peft group."""
+    return instantiate(cfg.peft, "peft") if cfg.get("peft") else None
+
+
+def uses_peft(cfg: DictConfig) -> bool:
+    """Whether the config wraps its model with a peft adapter (its checkpoints then hold the adapter's tensors only)."""
+    adapter = make_adapter(cfg)
+    return bool(adapter is not None and adapter.uses_peft)
+
+
+def transform_model(model: Any, cfg: DictConfig, facts: Mapping[str, Any] | None = None) -> Any:
+    """The one place a built model is changed before use: a peft adapter (`peft=`), then `compile`, the same at
+    training, validation and loading. Weights of the base are loaded before it, into the plain model; a peft model's
+    own tensors (the adapter's) are loaded after it (runs.load_model)."""
+    adapter = make_adapter(cfg)
+    if adapter is not None:
+        from attnlab.adapters import parameter_counts
+
+        try:
+            model = adapter.apply(model)
+            tokenizer = (facts or {}).get("tokenizer")
+            if hasattr(adapter, "init_from_text") and tokenizer is not None:
+                adapter.init_from_text(model, tokenizer)
+        except ValueError as err:
+            raise ConfigError(f"peft ({adapter.method}): {err}") from err
+        counts = parameter_counts(model)
+        log.info("peft=%s: %s of %s parameters train (%.3f%%)", adapter.method, f"{counts['trainable_params']:,}",
+                 f"{counts['total_params']:,}", 100 * counts["trainable_share"])
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys stay those of the plain model
     return model
@@ -281,7 +307,7 @@ def make_model(cfg: DictConfig, facts: Mapping[str, Any], init: Callable[[Any], 
     model = instantiate(cfg.model, "model", facts)
     if init is not None:
         init(model)
-    return transform_model(model, cfg)
+    return transform_model(model, cfg, facts)
 
 
 def make_task(cfg: DictConfig, model: Any, facts: Mapping[str, Any], *, training: bool = True) -> Any:

@@ -93,6 +93,20 @@ def _objective_direction(metric: str, *, _root_: DictConfig) -> str:
     return "maximize" if mode == "max" else "minimize"
 
 
+def _base(value: Any) -> Any:
+    """`${attnlab_base:${base}}`: a fine-tuning base as `from_pretrained` takes it. A run directory of this project
+    (an hf_causal_lm run, e.g. pretrain_gpt2) becomes its exported HF folder `<run>/hf` (written once, from the best
+    checkpoint); a hub name or a HF folder stays as it is; null builds from scratch."""
+    if value is None or value == "":
+        return None
+    path = Path(str(value)).expanduser()
+    if (path / "config.yaml").is_file():
+        from attnlab.runs.loading import export_hf  # torch and the models: only when a run is the base
+
+        return str(export_hf(path))
+    return str(value)
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -105,6 +119,7 @@ def register_resolvers() -> None:
         "attnlab_job_gpu": (_job_gpu, False),
         "attnlab_mode": (_monitor_mode, False),
         "attnlab_direction": (_objective_direction, False),
+        "attnlab_base": (_base, True),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -75,6 +75,21 @@ class HFClassifier(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask).logits
 
 
+def _from_pretrained(transformers: Any, name_or_path: str) -> nn.Module:
+    """AutoModelForCausalLM.from_pretrained with errors that say what was wrong: not a causal LM, or not found."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_path)
+    except OSError as err:
+        where = "no such folder" if not Path(name_or_path).exists() else "no config.json in it"
+        raise ValueError(f"cannot load {name_or_path!r}: {where}, and no hub model of that name could be fetched "
+                         f"({type(err).__name__}); give a HF folder, a run directory (base=<run>) or a hub name on a "
+                         "networked machine") from None
+    if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ValueError(f"{name_or_path} is a {config.model_type!r} model, not a causal language model; a base must "
+                         "generate text (gpt2, a pretrain_gpt2 run, ...)")
+    return transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
+
+
 # The from-scratch GPT-2's size when an argument is left unset (None).
 SCRATCH_SIZES = {"n_layer": 4, "n_embd": 128, "n_head": 4, "dropout": 0.1}
 
@@ -119,7 +134,7 @@ class HFCausalLM(nn.Module):
             )
             self.model = transformers.GPT2LMHeadModel(config)
         else:
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
+            self.model = _from_pretrained(transformers, name_or_path)
             n = self.model.get_input_embeddings().num_embeddings
             if n < vocab_size:
                 log.info("%s embeds %d tokens; resizing its embeddings to the tokenizer's %d", name_or_path, n,
@@ -140,8 +155,41 @@ class HFCausalLM(nn.Module):
         return self.model.get_output_embeddings()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map token ids (B, T) to next-token logits (B, T, V)."""
-        return self.model(input_ids=x, use_cache=False).logits[..., : self.vocab_size]
+        """Map token ids (B, T) to next-token logits (B, T, V). A prompt-tuned model (peft) reads virtual tokens
+        before x: their positions are dropped, so the logits line up with x whatever the adapter."""
+        logits = self.model(input_ids=x, use_cache=False).logits
+        return logits[:, -x.shape[1] :, : self.vocab_size]
+
+    @torch.no_grad()
+    def hf_generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        num_beams: int = 1,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> list[list[int]]:
+        """Continue left-padded prompts (B, P) with HF `generate` (greedy; beam search with num_beams > 1; nucleus
+        sampling with top_p), through the peft model when there is one; the new tokens of each row, cut at eos."""
+        sampling = top_p is not None
+        out = self.model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), max_new_tokens=max_new_tokens,
+            num_beams=num_beams, do_sample=sampling, top_p=top_p if sampling else None,
+            temperature=temperature if sampling else None, length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=eos_id, pad_token_id=pad_id,
+            top_k=0 if sampling else None,  # nucleus sampling alone (HF's default adds top-k 50)
+        )
+        new = out[:, prompt_ids.shape[1] :]  # generate returns prompt + continuation (peft's prompt learning too)
+        rows = []
+        for row in new.tolist():
+            rows.append(row[: row.index(eos_id)] if eos_id in row else row)
+        return rows
 
     @torch.no_grad()
     def generate(

@@ -10,6 +10,7 @@ light for the command line.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,55 @@ def load_model(run_dir: str | Path, ckpt: str | Path = "best") -> LoadedRun:
             why = match.describe() if not match.complete else " ".join(str(err).split())[:600]
             raise RunError(f"{ckpt_path} does not fit the model in {path / CONFIG}: {why}") from None
 
-    model = build.make_model(cfg, facts, init=load)
+    if build.uses_peft(cfg):
+        # The checkpoint holds the adapter's tensors only (under the peft model's names): build the base as the run
+        # did (from its name_or_path), wrap it with the same adapter, then load them.
+        model = build.make_model(cfg, facts)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        state = model.state_dict()
+        unknown = sorted(set(weights) - set(state))
+        missing = sorted(trainable - set(weights))
+        if unknown or missing:
+            raise RunError(f"{ckpt_path} does not fit the adapter in {path / CONFIG}: "
+                           f"{len(unknown)} tensor(s) it does not have ({unknown[:3]}), {len(missing)} of its own missing "
+                           f"({missing[:3]})")
+        model.load_state_dict(weights, strict=False)
+    else:
+        model = build.make_model(cfg, facts, init=load)
     model.eval()
     return LoadedRun(model=model, preprocess=preprocess, cfg=cfg, facts=dict(facts), checkpoint=ckpt_path, run_dir=path)
+
+
+HF_DIR = "hf"  # in a run directory: the model exported in Hugging Face's format (a fine-tuning base)
+
+
+def export_hf(run_dir: str | Path, *, ckpt: str = "best", merge: bool = True) -> Path:
+    """The run's model as a HF folder (`save_pretrained`: config, safetensors, tokenizer) in `<run>/hf`, written once
+    and reused: what `base=<run dir>` fine-tunes from. A peft run exports its base with the adapter merged in.
+    A run whose model is no HF causal LM is a ConfigError."""
+    path = require_run(run_dir)
+    out = path / HF_DIR
+    if (out / "config.json").is_file():
+        return out
+    loaded = load_model(path, ckpt)
+    model = loaded.model
+    if not hasattr(model, "save_pretrained") or not hasattr(getattr(model, "model", None), "config"):
+        raise ConfigError(f"base={path}: a {type(model).__name__} run, not a Hugging Face causal LM; a base is a run of "
+                          "model=hf_causal_lm (experiment=pretrain_gpt2), a hub name or a HF folder")
+    from attnlab.adapters import is_peft, merged
+
+    if is_peft(model):
+        if not merge:
+            raise ConfigError(f"{path} holds a peft adapter; export it merged (merge=true) or use its adapter/ folder")
+        model.model = merged(model)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, loaded.tokenizer)
+    if out.exists():  # another process exported it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(out)
+    log.info("exported %s (%s) as a Hugging Face folder: %s", path, loaded.checkpoint.name, out)
+    return out
 
 
 # -- init_from: another run's weights in a new model ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
+from attnlab.adapters import is_peft, trainable_state
 from attnlab.errors import DivergedError
 from attnlab.optim import param_groups
 
@@ -41,6 +42,10 @@ class Task(L.LightningModule):
         # Evaluation losses as sample-weighted means synced over processes (see `log_loss`).
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
+        # A peft model's checkpoints hold the adapter's tensors only (the frozen base is named in the config and
+        # rebuilt from it), so loading one fills part of the state dict.
+        self.adapter_only = is_peft(model)
+        self.strict_loading = not self.adapter_only
 
     def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
         return self._forward(x)
@@ -103,6 +108,8 @@ class Task(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the running bests: metric states are never in the state dict, and a resume must continue them."""
+        if self.adapter_only:
+            checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
         checkpoint["best_metrics"] = {
             name: {k: v.detach().cpu() for k, v in m.metric_state.items()} for name, m in self._best_metrics().items()
         }
