@@ -1,5 +1,6 @@
 """Every val/ and test/ metric a task logs has a direction stated in its conf/task/*.yaml (`monitor.modes`), which
-checkpoints, early stopping and the sweep summary read: a new metric without one fails here."""
+checkpoints, early stopping and the sweep summary read: a new metric without one fails here. A metric that is no
+score (a summary's length) states `none`."""
 
 import lightning as L
 import pytest
@@ -41,6 +42,21 @@ def _seq2seq():
     return task, [batch], {"val/bleu_best"}
 
 
+def _summarization():
+    from attnlab.models.hf import HFCausalLM
+    from attnlab.tasks.summarization import SummarizationTask
+
+    torch.manual_seed(0)
+    model = HFCausalLM(vocab_size=9, max_len=16, n_layer=1, n_embd=8, n_head=2)
+    task = SummarizationTask(model=model, optimizer=torch.optim.SGD, tokenizer=Detokenizer(), eos_id=2, pad_id=0,
+                             max_summary_len=3, test_sets=["scitldr", "dialogsum"])
+    batches = [{"input_ids": torch.tensor([[3, 4, 5, 6, 2]]), "labels": torch.tensor([[-100, -100, 5, 6, 2]]),
+                "prompt_ids": torch.tensor([[3, 4]]), "prompt_mask": torch.ones(1, 2, dtype=torch.bool),
+                "index": torch.tensor([0]), "set": name, "refs": [["5 6"]], "sources": ["3 4. 7 8."]}
+               for name in ("scitldr", "dialogsum")]
+    return task, batches, {"val/rougeL_best"}
+
+
 TASKS = {
     "classification": lambda: (ClassificationTask(model=nn.Linear(4, 3), optimizer=torch.optim.SGD, num_classes=3),
                                [(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))], {"val/acc_best"}),
@@ -50,6 +66,7 @@ TASKS = {
                                                        token_bytes=[1.0] * 5, sample_tokens=0),
                                   [(torch.tensor([[0, 1, 2]]), torch.tensor([[1, 2, 3]]))], {"val/loss_best"}),
     "seq2seq": _seq2seq,
+    "summarization": _summarization,
 }
 
 
@@ -58,5 +75,6 @@ def test_every_logged_metric_has_a_stated_direction(name):
     task, batches, best = TASKS[name]()
     metrics = logged(task, batches) | best
     modes = OmegaConf.load(conf_dir() / "task" / f"{name}.yaml").monitor.modes
-    assert {m for m in metrics if m.startswith(("val/", "test/")) and metric_mode(m, modes) is None} == set()
+    unstated = {m for m in metrics if m.startswith(("val/", "test/")) and metric_mode(m, modes) is None}
+    assert {m for m in unstated if modes.get(m.split("/")[1]) != "none"} == set()
     assert len(metrics) >= 3
