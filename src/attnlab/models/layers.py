@@ -103,9 +103,12 @@ class MultiHeadAttention(nn.Module):
             # width 288 and 38% at 128 on a 2-core CPU than two matmuls), the parameters staying two modules, so
             # checkpoints and Muon's per-matrix orthogonalisation are unchanged.
             S = T
-            weight = torch.cat([self.q_proj.weight, self.kv_proj.weight])  # (3D, D)
-            bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.kv_proj.bias])
-            q, k, v = F.linear(x, weight, bias).split(D, dim=-1)  # each (B, T, D)
+            if isinstance(self.q_proj, nn.Linear) and isinstance(self.kv_proj, nn.Linear):
+                weight = torch.cat([self.q_proj.weight, self.kv_proj.weight])  # (3D, D)
+                bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.kv_proj.bias])
+                q, k, v = F.linear(x, weight, bias).split(D, dim=-1)  # each (B, T, D)
+            else:  # projections swapped for int8 modules (attnlab.serving.quantize), which hold no float weight
+                q, (k, v) = self.q_proj(x), self.kv_proj(x).split(D, dim=-1)  # each (B, T, D)
             q = q.reshape(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
             k = k.view(B, S, self.n_heads, hs).transpose(1, 2)  # (B, nh, S, hs)
             v = v.view(B, S, self.n_heads, hs).transpose(1, 2)  # (B, nh, S, hs)
