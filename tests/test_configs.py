@@ -33,7 +33,10 @@ NEEDS = {
     ("data", "parallel"): ["model=transformer_seq2seq", "task=seq2seq", "data.source.train=[a.en,a.fr]",
                            "data.source.val=[b.en,b.fr]"],
     ("task", "seq2seq"): ["data=multi30k", "model=transformer_seq2seq"],
-    ("data", "scitldr"): ["model=hf_causal_lm", "task=language_modeling"],
+    ("data", "scitldr"): ["model=hf_causal_lm", "task=summarization"],
+    ("task", "summarization"): ["data=scitldr", "model=hf_causal_lm"],
+    **{("peft", p): ["data=scitldr", "model=hf_causal_lm", "task=summarization"]
+       for p in ("none", "lora", "prompt_tuning", "prefix_tuning", "ia3")},
 }
 SEQ2SEQ_FACTS = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2,
                  "eos_id": 3, "max_src_len": 64, "max_tgt_len": 64, "shared_vocab": True, "test_sets": ["test"],
@@ -68,6 +71,8 @@ def check_all(cfg) -> None:
         build.check(cfg.scheduler, "scheduler")
     build.check(cfg.task, "task", facts=facts, objects={"model": 0, "optimizer": 0, "scheduler": 0})
     build.check(cfg.trainer, "trainer", objects={"logger": 0, "callbacks": 0})
+    if cfg.get("peft"):
+        build.check(cfg.peft, "peft")
     for key, node in (cfg.get("tracker") or {}).items():
         build.check(node, f"tracker.{key}", objects=TRACKER_CONTEXT)
     for key, node in (cfg.get("callbacks") or {}).items():
@@ -77,7 +82,7 @@ def check_all(cfg) -> None:
 
 GROUP_OPTIONS = [
     (group, option)
-    for group in ("model", "data", "task", "optimizer", "scheduler", "trainer", "tracker", "callbacks", "debug")
+    for group in ("model", "data", "task", "optimizer", "scheduler", "trainer", "tracker", "callbacks", "debug", "peft")
     for option in options(group)
 ] + [("tokenizer@data.tokenizer", option) for option in options("tokenizer")]
 
@@ -96,6 +101,13 @@ def test_every_experiment_composes_and_checks(experiment):
     cfg = composed([f"experiment={experiment}"])
     check_all(cfg)
     assert cfg.name == experiment
+
+
+def test_an_unknown_peft_option_is_refused_with_the_choices():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="peft.*lora"):
+        composed(["experiment=scitldr_full", "peft=loraa"])
 
 
 def test_model_and_data_choices_compose_without_an_experiment():

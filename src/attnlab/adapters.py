@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("attnlab")
 
+ADAPTER_DIR = "adapter"  # in a peft run's directory: the tested adapter in peft's format
+
 
 def _hf_model(model: nn.Module) -> nn.Module:
     """The `transformers` model inside an attnlab wrapper (HFCausalLM keeps it as `.model`)."""

@@ -21,6 +21,8 @@ def generate(cfg: DictConfig) -> list[str]:
     if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
         raise ConfigError("max_new_tokens and num_samples must be >= 1 and temperature >= 0")
     loaded = runs.load_model(cfg.run, str(cfg.ckpt))
+    if hasattr(loaded.preprocess, "prompt"):  # a summarisation run: its prompt template, then HF generate
+        return _summaries(cfg, loaded)
     if loaded.tokenizer is None or not hasattr(loaded.model, "generate"):
         raise ConfigError(
             f"{loaded.run_dir} is not a language-model run: its model ({type(loaded.model).__name__}, task "
@@ -38,4 +40,25 @@ def generate(cfg: DictConfig) -> list[str]:
     log.info("%d samples of up to %d new tokens from %s in %.2f s", len(texts), cfg.max_new_tokens, loaded.checkpoint.name, elapsed)
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}\n", flush=True)
+    return texts
+
+
+def _summaries(cfg: DictConfig, loaded: runs.LoadedRun) -> list[str]:
+    """`prompt` summarised by a summarisation run: greedy (temperature=0 or top_p=null), beam search (num_beams > 1)
+    or nucleus sampling (top_p with temperature), as the task generates at test time."""
+    import torch
+
+    from attnlab.tasks.summarization import summarize_texts
+
+    sampling = cfg.top_p is not None and cfg.temperature > 0
+    facts = loaded.facts
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    texts = summarize_texts(loaded.model, loaded.preprocess, [cfg.prompt] * (cfg.num_samples if sampling else 1),
+                            max_new_tokens=min(cfg.max_new_tokens, facts["max_summary_len"]), eos_id=facts["eos_id"],
+                            pad_id=facts["pad_id"], num_beams=cfg.num_beams, top_p=cfg.top_p if sampling else None,
+                            temperature=cfg.temperature if sampling else 1.0)
+    log.info("%d summaries from %s in %.2f s", len(texts), loaded.checkpoint.name, time.perf_counter() - start)
+    for i, text in enumerate(texts):
+        print(f"--- summary {i + 1} ---\n{text}\n", flush=True)
     return texts

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import build, runs, sweeps
+from attnlab.adapters import ADAPTER_DIR, is_peft, parameter_counts, save_adapter
 from attnlab.callbacks import AverageCheckpoints, EpochSeed, without_validation
 from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
@@ -163,6 +164,9 @@ def fit_and_test(
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    if cfg.get("peft"):  # what fine-tuning trained, beside its scores
+        counts = parameter_counts(task.model)
+        metrics.update(trainable_params=counts["trainable_params"], total_params=counts["total_params"])
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
@@ -173,6 +177,8 @@ def fit_and_test(
         metrics.update(task.test_labels)
         if trainer.is_global_zero and task.test_artifacts:
             runs.write_json(run.dir / runs.PLOTS / "test_artifacts.json", task.test_artifacts)
+        if trainer.is_global_zero and is_peft(task.model):  # the tested (best) adapter, in peft's own format
+            log.info("adapter (peft format) saved to %s", save_adapter(task.model, run.dir / ADAPTER_DIR))
         averaged = run.dir / runs.CHECKPOINTS / AverageCheckpoints.AVERAGED
         if cfg.get("average_last") and averaged.is_file():  # the same test on the averaged weights, beside the best's
             task.figures_dir = run.dir / runs.PLOTS / "averaged"

@@ -84,9 +84,12 @@ def _from_pretrained(transformers: Any, name_or_path: str) -> nn.Module:
         raise ValueError(f"cannot load {name_or_path!r}: {where}, and no hub model of that name could be fetched "
                          f"({type(err).__name__}); give a HF folder, a run directory (base=<run>) or a hub name on a "
                          "networked machine") from None
-    if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise ValueError(f"{name_or_path} is a {config.model_type!r} model, not a causal language model; a base must "
-                         "generate text (gpt2, a pretrain_gpt2 run, ...)")
+    # The saved architectures say what the weights were trained as: a BERT encoder has a causal-LM class in
+    # transformers (BertLMHeadModel) but its weights never predicted the next token.
+    trained_as = [a for a in getattr(config, "architectures", None) or [] if a.endswith(("LMHeadModel", "ForCausalLM"))]
+    if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING or (config.architectures and not trained_as):
+        raise ValueError(f"{name_or_path} is a {config.model_type!r} model ({', '.join(config.architectures or [])}), not "
+                         "a causal language model; a base must generate text (gpt2, a pretrain_gpt2 run, ...)")
     return transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
 
 
