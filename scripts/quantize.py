@@ -1,7 +1,7 @@
 """Post-training quantisation of a language-model run: size on disk, validation perplexity and generation speed of
 each method (attnlab.serving.quantize), side by side on the same checkpoint, windows and prompt.
 
-    python scripts/quantize.py run=<run dir> [method=fp32,bf16,int8_dynamic,int8_selective] [ckpt=best]
+    python scripts/quantize.py run=<run dir> [method=fp32,bf16,int8_dynamic,int8_all,int8_selective] [ckpt=best]
         [prompt="Once upon a time"] [new_tokens=64] [threads=2] [val_windows=64] [rounds=3]
 
 Every method starts from a fresh `runs.load_model`. Perplexity: the first `val_windows` of the run's own validation
@@ -33,7 +33,7 @@ from attnlab.errors import AttnlabError, ConfigError
 from attnlab.serving.quantize import check_method, count_int8, quantize, size_mb
 
 log = logging.getLogger("quantize")
-DEFAULTS: dict[str, Any] = {"run": None, "method": "fp32,bf16,int8_dynamic,int8_selective", "ckpt": "best",
+DEFAULTS: dict[str, Any] = {"run": None, "method": "fp32,bf16,int8_dynamic,int8_all,int8_selective", "ckpt": "best",
                             "prompt": "Once upon a time", "new_tokens": 64, "threads": 2, "val_windows": 64, "rounds": 3}
 
 

@@ -126,3 +126,26 @@ def test_bad_methods_and_modules_are_refused():
         quantize(hf(), "fp32", modules=["mlp.*"])
     with pytest.raises(ValueError, match="no Linear of GPT matches modules=.'attention'."):
         quantize(gpt(), "int8_selective", modules=["attention"])
+
+
+@pytest.mark.parametrize("build", [hf, gpt])
+def test_int8_all_stores_the_tied_embedding_int8_once_and_stays_close(build):
+    from attnlab.serving.quantize import Int8Embedding, Int8TiedHead
+
+    model, x = build(), tokens()
+    with torch.no_grad():
+        ref = model(x)
+    dynamic = quantize(build(), "int8_dynamic")
+    quantize(model, "int8_all")
+    embeddings = [m for m in model.modules() if isinstance(m, Int8Embedding)]
+    heads = [m for m in model.modules() if isinstance(m, Int8TiedHead)]
+    assert embeddings and all(m.qweight.dtype == torch.int8 for m in embeddings)
+    assert len(heads) == 1 and any(heads[0].embedding is m for m in embeddings)  # still tied: one int8 table
+    assert not any(isinstance(m, nn.Embedding) for m in model.modules())
+    assert count_int8(model) == count_int8(dynamic) + len(embeddings)
+    # The saved model holds the table once: smaller than int8_dynamic by most of the float table's 4 bytes a weight.
+    table = next(m for m in embeddings if m.qweight.shape[0] == V).qweight.numel()
+    assert size_mb(model) < size_mb(dynamic) - 2.5 * table / 1e6
+    with torch.no_grad():
+        assert (model(x) - ref).abs().max() < INT8_ATOL
+    assert model.generate(x[:1, :4], 6, temperature=0).shape == (1, 10)

@@ -116,4 +116,4 @@ def sum_cli(tmp_path, shared_data):
     root = tmp_path / "data"
     write_fake_summaries(root)
     (root / "gpt2_tokenizer").symlink_to(shared_data / "gpt2_tokenizer")
-    return make_cli(tmp_path, root, ["data.max_len=128", "data.batch_size=4", "tracker=csv", *QUIET])
+    return make_cli(tmp_path, root, ["++data.max_len=128", "++data.batch_size=4", "tracker=csv", *QUIET])

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 EXPERIMENTS = ["scitldr_full", "scitldr_lora", "scitldr_prompt", "scitldr_prefix", "scitldr_ia3"]
-TINY = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
-SMALL_DATA = ["data.max_summary_len=12", "++task.val_generate=4"]
+TINY = ["++model.n_layer=1", "++model.n_embd=16", "++model.n_head=2"]
+SMALL_DATA = ["++data.max_summary_len=12", "++task.val_generate=4"]
 
 
 def runs_of(results: Path) -> list[Path]:
@@ -23,7 +23,7 @@ def read(path: Path) -> dict:
 
 
 def test_every_gpt2_experiment_fast_dev_run(sum_cli):
-    sum_cli("app/train.py", "-m", f"experiment={','.join(EXPERIMENTS)}", "base=null", *TINY, *SMALL_DATA,
+    sum_cli("app/train.py", "-m", f"experiment={','.join(EXPERIMENTS)}", "++base=null", *TINY, *SMALL_DATA,
             "trainer.fast_dev_run=true")
     sum_cli("app/train.py", "experiment=pretrain_gpt2", *TINY, "data.max_len=32", "data.val_windows=2",
             "++task.sample_tokens=4", "trainer.fast_dev_run=true")

@@ -6,6 +6,10 @@ Methods (METHODS):
     bf16            every tensor in bfloat16 (half the size; fast only where the CPU has bf16 instructions)
     int8_dynamic    torch's dynamic quantisation: nn.Linear weights stored int8 (per tensor), activations quantised
                     on the fly at every call; CPU only
+    int8_all        int8_dynamic, and the token embedding too: stored int8 with one scale per row (weight-only,
+                    symmetric), still tied to the output layer, which multiplies by the dequantised table at every
+                    call. With GPT-2's 50,257-token vocabulary the embedding is most of a small model: only this method
+                    shrinks it
     int8_selective  int8_dynamic on the MLP Linears only (`mlp.*`: GPT-2's mlp.c_fc / mlp.c_proj, attnlab GPT's
                     mlp.fc1 / mlp.fc2), which hold two thirds of a block's weights; attention stays float
     bnb_int8, bnb_nf4  bitsandbytes' LLM.int8() / 4-bit NormalFloat through transformers; a CUDA GPU only
@@ -40,9 +44,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-METHODS = ("fp32", "bf16", "int8_dynamic", "int8_selective", "bnb_int8", "bnb_nf4")
+METHODS = ("fp32", "bf16", "int8_dynamic", "int8_all", "int8_selective", "bnb_int8", "bnb_nf4")
 MLP_PATTERNS = ("mlp.*",)  # int8_selective's default
-_INT8 = ("int8_dynamic", "int8_selective")
+_INT8 = ("int8_dynamic", "int8_all", "int8_selective")
 _BNB = ("bnb_int8", "bnb_nf4")
 
 
@@ -73,7 +77,54 @@ def quantize(model: nn.Module, method: str, *, modules: Sequence[str] | None = N
     if not names:
         raise ValueError(f"no Linear of {type(model).__name__} matches modules={list(patterns or [])}; module names "
                          f"look like {', '.join(n for n, m in model.named_modules() if isinstance(m, nn.Linear))[:200]}")
-    return _int8_dynamic(model, names)
+    model = _int8_dynamic(model, names)
+    return int8_embeddings(model) if method == "int8_all" else model
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored int8 with a float scale per row (row = scale * int8, |int8| <= 127): a quarter of
+    the float size. `forward(ids)` looks rows up; `logits(x)` is the tied output layer, x @ table.T."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        scale = weight.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0  # (V, 1)
+        self.register_buffer("qweight", torch.round(weight.detach() / scale).to(torch.int8))  # (V, D)
+        self.register_buffer("scale", scale.float())
+
+    def table(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.qweight[ids].float() * self.scale[ids]
+
+
+class Int8TiedHead(nn.Module):
+    """The output layer tied to an Int8Embedding: logits = x @ dequantised table.T (no bias, as GPT-2's lm_head)."""
+
+    def __init__(self, embedding: Int8Embedding) -> None:
+        super().__init__()
+        self.embedding = embedding  # the same module: its int8 buffers are stored once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.embedding.table().T
+
+
+def int8_embeddings(model: nn.Module) -> nn.Module:
+    """Every nn.Embedding -> Int8Embedding; a Linear sharing its weight (the tied head) -> Int8TiedHead on it."""
+    embeddings = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    tied = {id(m.weight): name for name, m in embeddings}
+    replaced: dict[str, Int8Embedding] = {}
+    for name, emb in embeddings:
+        replaced[name] = Int8Embedding(emb.weight)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replaced[name])
+    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in tied]
+    for name, head in heads:
+        if head.bias is not None:
+            continue  # no tied head has one; leave anything unusual float
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, Int8TiedHead(replaced[tied[id(head.weight)]]))
+    return model
 
 
 def conv1d_to_linear(model: nn.Module) -> int:
@@ -146,13 +197,13 @@ def size_mb(model: nn.Module) -> float:
 
 
 def count_int8(model: nn.Module) -> int:
-    """How many Linear layers hold quantised weights: torch's dynamic int8 ones, or bitsandbytes' (int8, or 4-bit
-    packed into uint8); a float model has 0."""
+    """How many layers hold quantised weights: torch's dynamic int8 Linears, Int8Embeddings, or bitsandbytes' (int8,
+    or 4-bit packed into uint8); a float model has 0."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     count = 0
     for m in model.modules():
-        if isinstance(m, DynamicLinear):
+        if isinstance(m, (DynamicLinear, Int8Embedding)):
             count += 1
         elif isinstance(m, nn.Linear):
             count += m.weight.dtype in (torch.int8, torch.uint8)
