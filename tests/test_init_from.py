@@ -96,7 +96,8 @@ FACTS = {"in_channels": 1, "image_size": 4, "num_classes": 3}
 def test_weights_load_into_the_plain_model_before_the_transform(monkeypatch):
     order = []
     transform = build.transform_model
-    monkeypatch.setattr(build, "transform_model", lambda model, cfg: order.append("transform") or transform(model, cfg))
+    monkeypatch.setattr(build, "transform_model",
+                        lambda model, cfg, facts=None: order.append("transform") or transform(model, cfg, facts))
     cfg = OmegaConf.create({"model": MLP, "compile": True})
     model = build.make_model(cfg, FACTS, init=lambda m: order.append(("init", getattr(m, "_compiled_call_impl", None))))
     assert order == [("init", None), "transform"]  # init saw the plain, uncompiled model

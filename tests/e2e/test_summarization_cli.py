@@ -43,8 +43,8 @@ def test_every_gpt2_experiment_fast_dev_run(sum_cli):
 
 
 def test_pretrain_then_lora_from_the_run_then_validate_and_generate(sum_cli):
-    sum_cli("app/train.py", "experiment=pretrain_gpt2", *TINY, "data.max_len=128", "data.val_windows=2",
-            "++task.sample_tokens=4", "trainer.max_steps=4", "trainer.val_check_interval=2")
+    sum_cli("app/train.py", "experiment=pretrain_gpt2", *TINY, "data.max_len=128", "data.val_fraction=0.25",
+            "data.val_windows=2", "++task.sample_tokens=4", "trainer.max_steps=4", "trainer.val_check_interval=2")
     (base,) = runs_of(sum_cli.results)
     sum_cli("app/train.py", "experiment=scitldr_lora", f"base={base}", *SMALL_DATA, "trainer.max_steps=3",
             "trainer.val_check_interval=3", "hydra.run.dir=${paths.results_dir}/lora")
