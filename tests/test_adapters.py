@@ -130,3 +130,8 @@ def test_a_base_that_is_no_causal_lm_or_is_missing_is_a_clear_error(tmp_path):
         HFCausalLM(vocab_size=40, max_len=32, name_or_path=str(tmp_path / "bert"))
     with pytest.raises(ValueError, match="no such folder"):
         HFCausalLM(vocab_size=40, max_len=32, name_or_path=str(tmp_path / "nothing-here"))
+
+
+def test_prompt_learning_cannot_be_merged_and_says_so():
+    with pytest.raises(ValueError, match="cannot be merged"):
+        adapters.merged(adapters.PromptTuning(num_virtual_tokens=2).apply(tiny()))

@@ -219,4 +219,7 @@ def merged(model: nn.Module) -> nn.Module:
 
     if not is_peft(model):
         return model.model
+    if model.model.active_peft_config.is_prompt_learning:
+        raise ValueError("prompt and prefix tuning add inputs, not weight updates: they cannot be merged into the "
+                         "model; load the run's adapter/ folder with peft.PeftModel.from_pretrained instead")
     return copy.deepcopy(model.model).merge_and_unload()

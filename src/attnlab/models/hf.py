@@ -90,7 +90,9 @@ def _from_pretrained(transformers: Any, name_or_path: str) -> nn.Module:
     if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING or (config.architectures and not trained_as):
         raise ValueError(f"{name_or_path} is a {config.model_type!r} model ({', '.join(config.architectures or [])}), not "
                          "a causal language model; a base must generate text (gpt2, a pretrain_gpt2 run, ...)")
-    return transformers.AutoModelForCausalLM.from_pretrained(name_or_path)
+    # from_pretrained returns the model in eval mode; Lightning keeps each module's mode, so a fine-tuning run would
+    # train with dropout off. A built model starts in train mode, as every torch module does.
+    return transformers.AutoModelForCausalLM.from_pretrained(name_or_path).train()
 
 
 # The from-scratch GPT-2's size when an argument is left unset (None).

@@ -115,7 +115,10 @@ def export_hf(run_dir: str | Path, *, ckpt: str = "best", merge: bool = True) ->
     if is_peft(model):
         if not merge:
             raise ConfigError(f"{path} holds a peft adapter; export it merged (merge=true) or use its adapter/ folder")
-        model.model = merged(model)
+        try:
+            model.model = merged(model)
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from None
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, loaded.tokenizer)
     if out.exists():  # another process exported it meanwhile
