@@ -12,14 +12,16 @@ from test_configs import check_all, composed, options
 
 # Per experiment: another optimizer and a sibling model of the same family (what a user tries next).
 OTHER_MODEL = {"mnist": "vit", "imdb": "gru", "tinystories": "lstm_lm", "multi30k": "lstm_attention",
-               "tatoeba": "lstm_attention"}
+               "tatoeba": "lstm_attention", "pretrain": "gpt"}
 SWITCHES = [
     (experiment, f"optimizer={'adamw' if experiment.endswith(('_gpt', '_lstm')) and experiment.startswith('tiny') else 'muon'}")
     for experiment in options("experiment") if experiment != "tinystories_ngram"
 ] + [
     (experiment, f"model={OTHER_MODEL[experiment.split('_')[0]]}")
-    for experiment in options("experiment") if not experiment.endswith(("_vit", "_gru", "_lstm", "_ae", "_attention"))
-] + [("mnist_cnn", "scheduler=plateau"), ("tinystories_gpt", "data=tinystories"), ("imdb_bert", "tokenizer@data.tokenizer=bpe")]
+    for experiment in options("experiment")
+    if not experiment.endswith(("_vit", "_gru", "_lstm", "_ae", "_attention")) and not experiment.startswith("scitldr")
+] + [("mnist_cnn", "scheduler=plateau"), ("tinystories_gpt", "data=tinystories"), ("imdb_bert", "tokenizer@data.tokenizer=bpe"),
+     ("scitldr_lora", "peft=ia3"), ("scitldr_full", "peft=lora"), ("scitldr_prompt", "peft=prefix_tuning")]
 
 
 def switch_check(overrides: list[str]):
