@@ -143,6 +143,23 @@ class Task(L.LightningModule):
             log_figure(list(self.loggers), key, path)
 
 
+def gather_eval(trainer: L.Trainer, accumulators: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-set evaluation accumulators ({set: {"nll", "tokens", "rows"}}) of every process, merged (evaluation under
+    DDP is sharded without padding); this process's own on one process. Seq2seq and summarisation share it."""
+    if trainer.world_size == 1:
+        return accumulators
+    parts: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, accumulators)
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, acc in part.items():
+            into = merged.setdefault(name, {"nll": 0.0, "tokens": 0, "rows": []})
+            into["nll"] += acc["nll"]
+            into["tokens"] += acc["tokens"]
+            into["rows"].extend(acc["rows"])
+    return merged
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

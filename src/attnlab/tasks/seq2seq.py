@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 
 from attnlab.models.decoding import beam_search, greedy
-from attnlab.tasks.base import Stage, Task
+from attnlab.tasks.base import Stage, Task, gather_eval
 
 log = logging.getLogger("attnlab")
 
@@ -138,19 +138,7 @@ class Seq2SeqTask(Task):
         self._example = None
 
     def _gathered(self) -> dict[str, dict[str, Any]]:
-        """Every process's sums and rows, merged (evaluation under DDP is sharded without padding)."""
-        if self.trainer.world_size == 1:
-            return self._eval
-        parts: list[Any] = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(parts, self._eval)
-        merged: dict[str, dict[str, Any]] = {}
-        for part in parts:
-            for name, acc in part.items():
-                into = merged.setdefault(name, {"nll": 0.0, "tokens": 0, "rows": []})
-                into["nll"] += acc["nll"]
-                into["tokens"] += acc["tokens"]
-                into["rows"].extend(acc["rows"])
-        return merged
+        return gather_eval(self.trainer, self._eval)
 
     def _scores(self, stage: Stage) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics per evaluation set (`<stage>/<metric>/<set>` for test sets, `val/<metric>` for val)."""

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 
-from attnlab.tasks.base import Stage, Task
+from attnlab.tasks.base import Stage, Task, gather_eval
 
 log = logging.getLogger("attnlab")
 
@@ -152,19 +152,7 @@ class SummarizationTask(Task):
 
     # -- epoch ends ----------------------------------------------------------------------------------------------------
     def _gathered(self) -> dict[str, dict[str, Any]]:
-        """Every process's accumulators merged (DDP); the accumulators of this process otherwise."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self._eval
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, self._eval)
-        merged: dict[str, dict[str, Any]] = {}
-        for part in parts:
-            for name, acc in part.items():
-                into = merged.setdefault(name, {"nll": 0.0, "tokens": 0, "rows": []})
-                into["nll"] += acc["nll"]
-                into["tokens"] += acc["tokens"]
-                into["rows"].extend(acc["rows"])
-        return merged
+        return gather_eval(self.trainer, self._eval)
 
     def _scores(self, stage: Stage) -> tuple[dict[str, float], dict[str, list[str]]]:
         from attnlab.data.summarization import lead
