@@ -18,6 +18,7 @@ from attnlab import build, runs
 from attnlab.config import conf_dir
 from attnlab.data.corpus import write_fake_corpus
 from attnlab.data.imdb import write_fake_imdb
+from attnlab.data.sources import read_jsonl
 from attnlab.data.mnist import read_idx, write_fake_mnist
 from attnlab.errors import RunError
 
@@ -136,18 +137,29 @@ def test_a_text_classification_run_loads_without_its_data(tmp_path):
                                       "data.max_len=64", "model.d_embed=16", "model.d_hidden=16"])
     datamodule, task = trained_task(run)
     datamodule.setup("test")
-    x, _ = next(iter(datamodule.test_dataloader()))  # {"input_ids", "attention_mask"}
+    x, _ = datamodule.datasets["test"].__getitems__(range(6))  # the first test reviews as training encoded them
+    texts = read_jsonl(tmp_path / "data" / "imdb" / "test.jsonl.gz")[0][:6]
     with torch.no_grad():
         expected = task(x)
     shutil.rmtree(tmp_path / "data")
     shutil.rmtree(tmp_path / "cache")
 
     loaded = timed_load(run, ckpt="last")
-    assert loaded.tokenizer is loaded.preprocess and loaded.facts["vocab_size"] == datamodule.tokenizer.vocab_size
+    assert loaded.tokenizer is loaded.preprocess.tokenizer and loaded.facts["vocab_size"] == datamodule.tokenizer.vocab_size
     assert loaded.facts["pad_id"] == datamodule.tokenizer.pad_id and loaded.facts["num_classes"] == 2
-    assert loaded.preprocess.encode("a great film") == datamodule.tokenizer.encode("a great film")
+    assert loaded.tokenizer.encode("a great film") == datamodule.tokenizer.encode("a great film")
+    batch = loaded.preprocess(texts)  # raw text -> the model's input, with the training data gone
+    assert batch.keys() == x.keys() and all(torch.equal(batch[k], x[k]) for k in x)
+    long = " ".join(texts) * 5  # far over max_len: cut as training cut it
+    pre, ids = loaded.preprocess, loaded.tokenizer.encode(long)
+    assert pre.truncation == "head_tail"  # the experiment's: a quarter of the room from the start, the rest from the end
+    room = 64 - len(pre.prefix) - len(pre.suffix)
+    head = round(room * 0.25)
+    expected_ids = [*pre.prefix, *ids[:head], *ids[-(room - head):], *pre.suffix]
+    assert pre([long])["input_ids"][0].tolist() == expected_ids
     with torch.no_grad():
         assert torch.equal(loaded.model(**x), expected)
+        assert torch.equal(loaded.model(**batch), expected)
 
 
 def test_init_from_applies_when_a_run_starts_not_when_it_resumes(mnist_run, tmp_path):

@@ -16,6 +16,8 @@ import logging
 import re
 import time
 from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -37,6 +39,36 @@ SPECIALS = ("cls_sep", "none")
 ARTIFACT_DIR = "tokenizer"  # in the run directory
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _CACHE_VERSION = 1  # bump when the encoded format changes
+
+
+@dataclass(frozen=True)
+class ReviewPreprocessing:
+    """Raw reviews -> a model's input batch, exactly as training made it: HTML line breaks out (strip_html), the run's
+    tokenizer, truncation to max_len (head or head_tail) inside the special tokens, padding to the longest review."""
+
+    tokenizer: Tokenizer
+    max_len: int
+    truncation: Truncation
+    head_fraction: float
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    pad_id: int
+    strip_html: bool
+
+    def clean(self, text: str) -> str:
+        return _BR.sub(" ", text) if self.strip_html else text
+
+    def cut(self, ids: np.ndarray, offsets: np.ndarray, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded texts (flat ids + offsets) truncated and wrapped in the special tokens."""
+        return truncate(ids, offsets, index=index, max_len=self.max_len, mode=self.truncation,
+                        head_fraction=self.head_fraction, prefix=self.prefix, suffix=self.suffix)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """{"input_ids": (B, T) long, "attention_mask": (B, T) bool}, T the longest review after truncation."""
+        ids, offsets = self.tokenizer.encode_flat([self.clean(t) for t in texts])
+        ids, offsets = self.cut(ids, offsets)
+        rows = TokenizedDataset(ids, offsets, np.zeros(len(texts), dtype=np.int64), pad_id=self.pad_id)
+        return rows.__getitems__(range(len(texts)))[0]
 
 
 class IMDBDataModule(L.LightningDataModule):
@@ -113,9 +145,19 @@ class IMDBDataModule(L.LightningDataModule):
         log.info("tokenizer from %s (vocabulary %d)", path, self.tokenizer.vocab_size)
         return True
 
-    def preprocessing(self) -> Tokenizer:
-        """What turns raw text into the model's input ids: the run's tokenizer (then truncation and specials, see setup)."""
-        return self._tokenizer()
+    def preprocessing(self) -> ReviewPreprocessing:
+        """What turns raw reviews into the model's input batch: the run's tokenizer, truncation and special tokens."""
+        tok = self._tokenizer()
+        prefix: tuple[int, ...] = ()
+        suffix: tuple[int, ...] = ()
+        if self.specials == "cls_sep":
+            if tok.cls_id is None or tok.sep_id is None:
+                raise ConfigError("data.specials=cls_sep needs <cls> and <sep> tokens, which this tokenizer lacks; "
+                                  "set data.specials=none (or tokenizer add_specials=true for gpt2)")
+            prefix, suffix = (tok.cls_id,), (tok.sep_id,)
+        return ReviewPreprocessing(tokenizer=tok, max_len=self.max_len, truncation=self.truncation,
+                                   head_fraction=self.head_fraction, prefix=prefix, suffix=suffix,
+                                   pad_id=self._pad_id(tok), strip_html=self.strip_html)
 
     # -- sources ---------------------------------------------------------------------------------------------
     def _sources(self) -> dict[str, Path]:
@@ -139,7 +181,7 @@ class IMDBDataModule(L.LightningDataModule):
         source = self._sources()[split]
         texts, labels = read_aclimdb(source) if source.is_dir() else read_jsonl(source)
         if self.strip_html:
-            texts = [_BR.sub(" ", t) for t in texts]
+            texts = [_BR.sub(" ", t) for t in texts]  # as ReviewPreprocessing.clean
         return texts, labels
 
     def _stamps(self, splits: tuple[str, ...]) -> list[Any]:
@@ -237,22 +279,15 @@ class IMDBDataModule(L.LightningDataModule):
         """Load the encoded reviews; split, truncate and wrap them in special tokens (array operations, no re-encoding)."""
         if self.datasets:
             return
-        tok = self._tokenizer()
+        pre = self.preprocessing()
         path = self._encoded_dir()
-        prefix, suffix = [], []
-        if self.specials == "cls_sep":
-            if tok.cls_id is None or tok.sep_id is None:
-                raise ConfigError("data.specials=cls_sep needs <cls> and <sep> tokens, which this tokenizer lacks; "
-                                  "set data.specials=none (or tokenizer add_specials=true for gpt2)")
-            prefix, suffix = [tok.cls_id], [tok.sep_id]
-        cut = dict(max_len=self.max_len, mode=self.truncation, head_fraction=self.head_fraction, prefix=prefix, suffix=suffix)
         arrays = {f"{s}_{n}": np.load(path / f"{s}_{n}.npy") for s in SPLITS for n in ("ids", "offsets", "labels")}
         train_idx, val_idx = self._split(len(arrays["train_labels"]))
-        pad = self._pad_id(tok)
         for name, split, index in (("train", "train", train_idx), ("val", "train", val_idx), ("test", "test", None)):
             ids, offsets, labels = (arrays[f"{split}_{n}"] for n in ("ids", "offsets", "labels"))
-            ids, offsets = truncate(ids, offsets, index=index, **cut)
-            self.datasets[name] = TokenizedDataset(ids, offsets, labels if index is None else labels[index], pad_id=pad)
+            ids, offsets = pre.cut(ids, offsets, index)
+            self.datasets[name] = TokenizedDataset(ids, offsets, labels if index is None else labels[index],
+                                                   pad_id=pre.pad_id)
         lengths = self.datasets["train"].lengths.float()
         log.info("IMDB from %s: train %d, val %d, test %d; train length mean %.0f, truncated at %d: %.1f%%",
                  self.data_dir, len(train_idx), len(val_idx), len(arrays["test_labels"]), lengths.mean(),

@@ -35,7 +35,8 @@ class LoadedRun:
     """A trained run, ready to use: for an image run, `model(preprocess(uint8 images))` is what its task computed."""
 
     model: nn.Module  # the checkpoint's weights, eval mode, transformed as at training (`compile`)
-    preprocess: Any  # raw input -> what the model reads: an ImageNormalization (images) or the run's tokenizer (text)
+    preprocess: Any  # raw input -> what the model reads: an ImageNormalization (images), a ReviewPreprocessing (text
+    # classification), the tokenizer (language models), a Translation- or SummarizationPreprocessing
     cfg: DictConfig  # the run's resolved config (paths.output_dir: where the run is now)
     facts: dict[str, Any]  # the data module's facts (num_classes, vocab_size, ...), as training passed them
     checkpoint: Path
@@ -44,7 +45,9 @@ class LoadedRun:
     @property
     def tokenizer(self) -> Any:
         """The run's tokenizer, or None for a run whose input is not text."""
-        return self.preprocess if hasattr(self.preprocess, "decode") else None
+        if hasattr(self.preprocess, "decode"):
+            return self.preprocess
+        return getattr(self.preprocess, "tokenizer", None)
 
 
 def model_weights(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
