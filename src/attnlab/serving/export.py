@@ -285,8 +285,8 @@ def export_onnx(run_dir: str | Path, *, ckpt: str | Path = "best", quantize: str
         if fp32_check["max_abs_diff"] > FP32_TOLERANCE:
             raise ExportCheckError(f"{run}: onnxruntime's logits differ from PyTorch's by "
                                    f"{fp32_check['max_abs_diff']:.3g} (> {FP32_TOLERANCE}) at (batch, length) "
-                                   f"{shapes}; the export was not kept. A Python branch on tensor values or on a shape in the "
-                                   "model's forward is the usual cause")
+                                   f"{shapes}; the export was not kept. A Python branch on tensor values or on a "
+                                   "shape in the model's forward is the usual cause")
         unchecked.replace(fp32)
     finally:
         unchecked.unlink(missing_ok=True)
