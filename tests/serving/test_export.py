@@ -195,7 +195,7 @@ def test_unsupported_models_and_options_are_refused(exported, tmp_path):
         export_onnx(run, opset=9)
 
 
-def test_onnx_model_refuses_a_run_without_its_export(exported, tmp_path):
+def test_onnx_model_refuses_a_run_without_its_export(exported, tmp_path, caplog):
     run = copy_run(exported("imdb_bert"), tmp_path / "run")
     with pytest.raises(RunError, match=rf"has no ONNX export .*; run python scripts/export.py run={run} format=onnx$"):
         OnnxModel(run)
@@ -207,6 +207,11 @@ def test_onnx_model_refuses_a_run_without_its_export(exported, tmp_path):
         model(torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(RunError, match="does not exist"):
         OnnxModel(tmp_path / "nowhere")
+    checkpoint = run / json.loads((run / "export" / "export.json").read_text())["checkpoint"]
+    later = (run / "export" / "model.onnx").stat().st_mtime + 60
+    os.utime(checkpoint, (later, later))  # the run trained on (resumed) after its export
+    OnnxModel(run)
+    assert f"was exported from {checkpoint.name}, which is rewritten since; run python scripts/export.py" in caplog.text
 
 
 def script(*args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ Reads export.json for the inputs' names and dtypes and the longest sequence the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from attnlab.errors import RunError
 from attnlab.runs import require_run
 from attnlab.serving.export import EXPORT_DIR, INFO_FILE, INT8_FILE, MODEL_FILE, TEXT, session
 
+log = logging.getLogger("attnlab")
 _DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
@@ -39,6 +41,10 @@ class OnnxModel:
         self.info: dict[str, Any] = json.loads((folder / INFO_FILE).read_text())
         if int8 and "int8" not in self.info:
             raise RunError(f"{self.path} is not the int8 file of the current export ({INFO_FILE} lists none); {fix}")
+        source = self.run_dir / self.info["checkpoint"]
+        if not source.is_file() or source.stat().st_mtime > self.path.stat().st_mtime:
+            log.warning("%s was exported from %s, which is %s since; %s to serve the run's current weights",
+                        self.path, source.name, "gone" if not source.is_file() else "rewritten", fix)
         self.family: str = self.info["family"]
         self.max_len: int | None = self.info.get("max_len")
         self.inputs: list[dict[str, Any]] = self.info["inputs"]
