@@ -9,7 +9,9 @@ the first have random shorter real lengths, padded and masked, as a server's bat
 each, every round times one call of each backend in turn, so load on the machine hits all of them alike; the
 median milliseconds per batch are reported with the speed-up over eager (eager ms / backend ms). torch and
 onnxruntime get the same thread count. Prints a markdown table and, last, one JSON line; absolute times hold on the
-CPU named with them, ratios measured side by side carry over better.
+CPU named with them, ratios measured side by side carry over better. The 1-minute load average at the start is
+stated too: with the cores busy, torch's threads wait on one another at every parallel region (here, load 4 on 2
+cores, a tiny BiLSTM took 2130 ms a batch of 32 at threads=2 against 8.6 at threads=1), so compare at threads=1 there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import subprocess
@@ -93,6 +96,7 @@ def bench(args: dict[str, Any]) -> dict[str, Any]:
     from attnlab.serving.export import IMAGE, LM, sample_inputs
     from attnlab.serving.onnx_model import OnnxModel
 
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args["threads"])
     run = require_run(args["run"])
     ort32, ort8 = OnnxModel(run, threads=args["threads"]), OnnxModel(run, int8=True, threads=args["threads"])
@@ -111,8 +115,8 @@ def bench(args: dict[str, Any]) -> dict[str, Any]:
         rows.append({"batch": batch, **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
                      **{f"{k}_speedup": round(ms["eager"] / ms[k], 3) for k in BACKENDS[1:]}})
     return {"run": str(run), "family": family, "length": None if family == IMAGE else length,
-            "threads": args["threads"], "rounds": args["rounds"], "cpu": cpu(), "torch": torch.__version__,
-            "onnxruntime": ort32.info["versions"]["onnxruntime"], "rows": rows}
+            "threads": args["threads"], "rounds": args["rounds"], "cpu": cpu(), "load_avg_1m": load,
+            "torch": torch.__version__, "onnxruntime": ort32.info["versions"]["onnxruntime"], "rows": rows}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -140,8 +144,8 @@ def main() -> None:
     vector = "AVX-512" + (" VNNI" if c["avx512_vnni"] else "") if c["avx512"] else "AVX2" if c["avx2"] else "no AVX2"
     length = f", sequence length {report['length']}" if report["length"] else ""
     print(f"\n{Path(report['run']).name} ({report['family']}{length}): median ms per batch over {report['rounds']} "
-          f"interleaved rounds, threads={report['threads']}, {c['model']} ({vector}), torch {report['torch']}, "
-          f"onnxruntime {report['onnxruntime']}\n")
+          f"interleaved rounds, threads={report['threads']}, {c['model']} ({vector}, load average "
+          f"{report['load_avg_1m']}), torch {report['torch']}, onnxruntime {report['onnxruntime']}\n")
     print(table(report))
     print(json.dumps(report))
 
