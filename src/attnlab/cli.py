@@ -101,6 +101,13 @@ def _translate_job(cfg: DictConfig) -> None:
 
 
 @_guarded
+def _serve_job(cfg: DictConfig) -> None:
+    from attnlab.serving.server import serve as run_server
+
+    run_server(cfg)
+
+
+@_guarded
 def _plot_job(cfg: DictConfig) -> None:
     from attnlab.errors import RunError
 
@@ -220,3 +227,8 @@ def translate() -> Any:
     """`attnlab-translate` / app/translate.py."""
     _free_text("text")
     return _main(_translate_job, "translate")()
+
+
+def serve() -> Any:
+    """`attnlab-serve` / app/serve.py."""
+    return _main(_serve_job, "serve")()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attnlab.models.layers import Block, FeedForward, KVCache, LearnedPositions, RotaryPositions, swiglu_hidden
-from attnlab.models.sampling import decode
+from attnlab.models.sampling import Streamer, decode
 
 Positions = Literal["learned", "rotary"]
 _POSITIONS = ("learned", "rotary")
@@ -125,6 +125,7 @@ class GPT(nn.Module):
         use_cache: bool = True,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
     ) -> torch.Tensor:
         """Continue the prompts idx (B, T0) by up to max_new_tokens sampled tokens; returns (B, T0 + n).
 
@@ -145,7 +146,7 @@ class GPT(nn.Module):
             return self.lm_head(h[:, -1])  # (B, V): only the last position is sampled from
 
         return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_id=eos_id, generator=generator)
+                      eos_id=eos_id, generator=generator, streamer=streamer)
 
 
 def gpt_nano(**kw) -> GPT:

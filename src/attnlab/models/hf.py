@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from attnlab.models.sampling import decode
+from attnlab.models.sampling import Streamer, decode
 
 if TYPE_CHECKING:
     from attnlab.data.tokenizers import Tokenizer
@@ -207,6 +207,7 @@ class HFCausalLM(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
         cache: list[Any] = []  # HF's past_key_values after the tokens read so far
@@ -222,7 +223,7 @@ class HFCausalLM(nn.Module):
             return out.logits[:, -1, : self.vocab_size]  # (B, V)
 
         return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_id=eos_id, generator=generator)
+                      eos_id=eos_id, generator=generator, streamer=streamer)
 
     def save_pretrained(self, directory: str | Path, tokenizer: "Tokenizer | None" = None) -> None:
         """Write a HF folder (config.json, model.safetensors; with a tokenizer its files too) for from_pretrained."""

@@ -7,7 +7,7 @@ the data's `max_len` shapes only the training windows) and generates at one LSTM
 import torch
 from torch import nn
 
-from attnlab.models.sampling import decode
+from attnlab.models.sampling import Streamer, decode
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (n_layers, B, d_hidden)
 
@@ -68,6 +68,7 @@ class LSTMLM(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
         state: list[State] = []  # the LSTM state after the tokens read so far
@@ -79,4 +80,4 @@ class LSTMLM(nn.Module):
             return logits[:, -1]  # (B, V)
 
         return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_id=eos_id, generator=generator)
+                      eos_id=eos_id, generator=generator, streamer=streamer)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnlab.models.sampling import decode
+from attnlab.models.sampling import Streamer, decode
 
 MIN_DISCOUNT = 0.1  # keeps gamma(h) > 0, so unseen tokens after a seen context keep some mass
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # when n1, n2 or n3 is zero the estimate is undefined (tiny or saturated counts)
@@ -250,10 +250,11 @@ class NGramLM(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + n); see attnlab.models.sampling."""
         def step(tokens: torch.Tensor) -> torch.Tensor:
             return self(tokens[:, -(self.order - 1) :])[:, -1]  # (B, V): the last order-1 tokens are the whole history
 
         return decode(self, step, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_id=eos_id, generator=generator)
+                      eos_id=eos_id, generator=generator, streamer=streamer)

@@ -63,6 +63,7 @@ def sample_next(
 
 
 Step = Callable[[torch.Tensor], torch.Tensor]  # the tokens so far (B, T) -> next-token logits (B, V)
+Streamer = Callable[[torch.Tensor], None]  # called with each step's new tokens (B, 1) as they are drawn
 
 
 @torch.no_grad()
@@ -77,11 +78,13 @@ def decode(
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    streamer: Streamer | None = None,
 ) -> torch.Tensor:
     """The loop behind every `generate`: ask `step` for the next logits, sample, append; returns (B, T + n).
 
     `step` sees the whole sequence so far and may keep state between calls (a KV cache, an LSTM state) to read only
-    what is new. The model is in eval mode (no dropout) while decoding; its mode comes back afterwards.
+    what is new. The model is in eval mode (no dropout) while decoding; its mode comes back afterwards. `streamer`
+    sees each step's tokens (B, 1) as soon as they are drawn (a server streams them), and changes nothing.
     """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be token ids of shape (B, T0) with T0 >= 1, got shape {tuple(idx.shape)}")
@@ -95,6 +98,8 @@ def decode(
                 nxt = nxt.masked_fill(done[:, None], eos_id)  # (B, 1); finished rows keep emitting eos_id
                 done |= nxt[:, 0] == eos_id
             idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
+            if streamer is not None:
+                streamer(nxt)
             if eos_id is not None and bool(done.all()):
                 break
         return idx

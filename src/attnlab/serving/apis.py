@@ -1,0 +1,329 @@
+"""The LitServe APIs behind `app/serve.py`: one class per family, each loading its run with `runs.load_model` in the
+inference worker (`setup`), warming it up, then answering batches of requests.
+
+LitServe gathers up to `max_batch_size` requests within `batch_timeout` seconds (dynamic batching) and calls
+`predict` with them; a request may itself hold several inputs (`"inputs": [...]`). Classifiers run every input of
+the batch in one forward pass; generation runs the requests that share settings (beam size, sampling) together.
+Inputs were validated in the HTTP process (attnlab.serving.schemas), so nothing here fails on a bad request.
+
+No `from __future__ import annotations` here: LitServe hands `decode_request`'s parameter annotation to FastAPI as
+the request body's model, and a string annotation would not resolve there.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+
+from attnlab.serving import schemas
+from attnlab.serving.schemas import (GenerateRequest, ImageRequest, StreamRequest, SummarizeRequest, TextRequest,
+                                     TranslateRequest)
+
+log = logging.getLogger("attnlab")
+
+
+@dataclass
+class Job:
+    """One request, decoded: its inputs, its settings, and whether it sent `input` (one) or `inputs` (a list)."""
+
+    items: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    single: bool = True
+
+
+@dataclass
+class Settings:
+    """What every inference worker needs to rebuild the run: plain values, pickled into the worker process."""
+
+    run_dir: str
+    ckpt: str = "best"
+    backend: str = "torch"  # torch | onnx | onnx_int8
+    threads: int = 1
+    limits: schemas.Limits = field(default_factory=schemas.Limits)
+
+
+class RunAPI(ls.LitAPI):
+    """The shared part: load and warm up in `setup`, decode to a Job, predict a list of Jobs, encode per request."""
+
+    request_type: type = TextRequest
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from attnlab import runs
+
+        schemas.LIMITS = self.settings.limits  # this worker process validates and converts as the HTTP one did
+        if not log.handlers and not logging.getLogger().handlers:  # a spawned process: nothing configured logging
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][worker %(process)d][%(levelname)s] - %(message)s")
+        torch.set_num_threads(self.settings.threads)
+        start = time.perf_counter()
+        self.loaded = runs.load_model(self.settings.run_dir, self.settings.ckpt)
+        self.model = self.loaded.model
+        if self.settings.backend in ("onnx", "onnx_int8"):
+            from attnlab.serving.onnx_model import OnnxModel
+
+            self.model = OnnxModel(self.settings.run_dir, int8=self.settings.backend == "onnx_int8",
+                                   threads=self.settings.threads)
+        self.warm_up()
+        log.info("worker ready: %s (%s, %s backend) in %.1f s", self.settings.run_dir, self.loaded.checkpoint.name,
+                 self.settings.backend, time.perf_counter() - start)
+
+    def warm_up(self) -> None:
+        """One request's worth of work before /health says ready, so the first caller does not pay for it."""
+        self.run_jobs([Job(items=[self.example()], options=self.request_type(input=self.example()).options())])
+
+    def example(self) -> Any:
+        return "A warm-up input."
+
+    def decode_request(self, request: Any) -> Job:  # the annotation FastAPI validates is set per subclass below
+        return Job(items=request.items(), options=request.options(), single=request.input is not None)
+
+    def predict(self, x: Job | list[Job]) -> Any:
+        from attnlab.serving import metrics
+
+        jobs = x if isinstance(x, list) else [x]  # a list when batching (max_batch_size > 1)
+        metrics.BATCH_REQUESTS.observe(len(jobs))
+        metrics.BATCH_SIZE.observe(sum(len(job.items) for job in jobs))
+        outputs = self.run_jobs(jobs)
+        return outputs if isinstance(x, list) else outputs[0]
+
+    def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
+        """Each job's outputs, one per item."""
+        raise NotImplementedError
+
+    def encode_response(self, output: tuple[bool, list[Any]] | list[Any]) -> dict[str, Any]:
+        single, items = output
+        return {"output": items[0]} if single else {"outputs": items}
+
+    def _wrap(self, jobs: list[Job], outputs: list[list[Any]]) -> list[tuple[bool, list[Any]]]:
+        return [(job.single, out) for job, out in zip(jobs, outputs)]
+
+
+def _split(flat: list[Any], jobs: list[Job]) -> list[list[Any]]:
+    out, start = [], 0
+    for job in jobs:
+        out.append(flat[start : start + len(job.items)])
+        start += len(job.items)
+    return out
+
+
+def _by_options(jobs: list[Job]) -> dict[tuple, list[int]]:
+    """Job indices grouped by identical settings: each group decodes as one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(tuple(sorted(job.options.items())), []).append(i)
+    return groups
+
+
+class _ClassifierAPI(RunAPI):
+    """Every input of every request in one forward pass; softmax probabilities by class name."""
+
+    def class_names(self) -> list[str]:
+        names = self.loaded.facts.get("class_names")
+        return list(names) if names else [str(i) for i in range(self.loaded.facts["num_classes"])]
+
+    def logits(self, items: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def run_jobs(self, jobs: list[Job]) -> list[Any]:
+        import torch
+
+        items = [item for job in jobs for item in job.items]
+        with torch.inference_mode():
+            probs = self.logits(items).float().softmax(dim=-1)  # (N, C)
+        names = self.class_names()
+        flat = [{"label": names[int(p.argmax())], "index": int(p.argmax()),
+                 "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)}} for p in probs]
+        return self._wrap(jobs, _split(flat, jobs))
+
+
+class TextClassifierAPI(_ClassifierAPI):
+    request_type = TextRequest
+
+    def decode_request(self, request: TextRequest) -> Job:
+        return super().decode_request(request)
+
+    def logits(self, items: list[str]) -> Any:
+        return self.model(**self.loaded.preprocess(items))
+
+
+class ImageClassifierAPI(_ClassifierAPI):
+    request_type = ImageRequest
+
+    def example(self) -> Any:
+        size = self.settings.limits.image_size
+        return [[0] * size for _ in range(size)] if self.settings.limits.channels == 1 else \
+            [[[0] * size for _ in range(size)] for _ in range(self.settings.limits.channels)]
+
+    def decode_request(self, request: ImageRequest) -> Job:
+        job = super().decode_request(request)
+        job.items = [schemas.check_image(item) for item in job.items]  # uint8 (C, H, W)
+        return job
+
+    def run_jobs(self, jobs: list[Job]) -> list[Any]:
+        if jobs and not hasattr(jobs[0].items[0], "shape"):  # the warm-up's nested list
+            jobs = [Job(items=[schemas.check_image(i) for i in job.items], options=job.options, single=job.single) for job in jobs]
+        return super().run_jobs(jobs)
+
+    def logits(self, items: list[Any]) -> Any:
+        import numpy as np
+        import torch
+
+        return self.model(self.loaded.preprocess(torch.from_numpy(np.stack(items))))
+
+
+class LanguageModelAPI(RunAPI):
+    """Continuations, one prompt at a time (prompts differ in length and seed): the text after the prompt."""
+
+    request_type = GenerateRequest
+
+    def decode_request(self, request: GenerateRequest) -> Job:
+        return super().decode_request(request)
+
+    def continuation(self, prompt: str, options: dict[str, Any], streamer: Any = None) -> str:
+        from attnlab.tasks.language_modeling import checked_samples
+
+        sampling = {k: v for k, v in options.items() if k != "max_new_tokens"}
+        text = checked_samples(self.model, self.loaded.tokenizer, [prompt], options["max_new_tokens"],
+                               **sampling, **({"streamer": streamer} if streamer else {}))[0]
+        return text[len(prompt):]
+
+    def run_jobs(self, jobs: list[Job]) -> list[Any]:
+        return self._wrap(jobs, [[{"continuation": self.continuation(p, job.options)} for p in job.items] for job in jobs])
+
+
+class StreamAPI(LanguageModelAPI):
+    """`POST /stream`: server-sent events, one `data: {"token": "<text>"}` per generated token as it is drawn, then
+    `data: {"done": true, "continuation": "<all of it>"}`. The same seed gives the same text as /predict."""
+
+    request_type = StreamRequest
+
+    def decode_request(self, request: StreamRequest) -> Job:
+        return super().decode_request(request)
+
+    def warm_up(self) -> None:
+        self.continuation(self.example(), StreamRequest(input=self.example(), max_new_tokens=2).options())
+
+    def predict(self, x: Job) -> Iterator[str]:
+        tokens: queue.Queue = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["text"] = self.continuation(x.items[0], x.options, streamer=lambda t: tokens.put(int(t[0, 0])))
+            except Exception as err:  # reported on the stream, not lost in a thread
+                result["error"] = err
+            finally:
+                tokens.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        ids: list[int] = []
+        sent = ""
+        eos = self.loaded.tokenizer.eos_id
+        while (token := tokens.get()) is not None:
+            if token == eos:
+                continue
+            ids.append(token)
+            text = self.loaded.tokenizer.decode(ids)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            yield {"token": text[len(sent):]}
+            sent = text
+        thread.join()
+        text = self.loaded.tokenizer.decode(ids)
+        if text != sent and text.startswith(sent):  # a character still open at the end
+            yield {"token": text[len(sent):]}
+        if "error" in result:
+            yield {"error": str(result["error"])}
+        else:
+            yield {"done": True, "continuation": result["text"]}
+
+    def encode_response(self, output: Iterator[dict[str, Any]]):  # no return annotation: FastAPI would model it
+        import json
+
+        for event in output:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+
+class TranslationAPI(RunAPI):
+    request_type = TranslateRequest
+
+    def decode_request(self, request: TranslateRequest) -> Job:
+        return super().decode_request(request)
+
+    def run_jobs(self, jobs: list[Job]) -> list[Any]:
+        from attnlab.translate import translate_texts
+
+        outputs: list[list[Any]] = [[] for _ in jobs]
+        for key, members in _by_options(jobs).items():
+            texts = [t for i in members for t in jobs[i].items]
+            best = translate_texts(self.loaded, texts, beam_size=jobs[members[0]].options["beam_size"])
+            flat = [{"translation": hyps[0][0]} for hyps in best]
+            for i, out in zip(members, _split(flat, [jobs[i] for i in members])):
+                outputs[i] = out
+        return self._wrap(jobs, outputs)
+
+
+class SummarizationAPI(RunAPI):
+    request_type = SummarizeRequest
+
+    def decode_request(self, request: SummarizeRequest) -> Job:
+        return super().decode_request(request)
+
+    def run_jobs(self, jobs: list[Job]) -> list[Any]:
+        from attnlab.tasks.summarization import summarize_texts
+
+        facts = self.loaded.facts
+        outputs: list[list[Any]] = [[] for _ in jobs]
+        for key, members in _by_options(jobs).items():
+            options = jobs[members[0]].options
+            texts = [t for i in members for t in jobs[i].items]
+            summaries = summarize_texts(self.model, self.loaded.preprocess, texts, eos_id=facts["eos_id"],
+                                        pad_id=facts["pad_id"], num_beams=options["num_beams"],
+                                        max_new_tokens=min(options["max_new_tokens"], facts["max_summary_len"]))
+            for i, out in zip(members, _split([{"summary": s} for s in summaries], [jobs[i] for i in members])):
+                outputs[i] = out
+        return self._wrap(jobs, outputs)
+
+
+FAMILIES: dict[str, type[RunAPI]] = {
+    "text_classification": TextClassifierAPI,
+    "image_classification": ImageClassifierAPI,
+    "language_model": LanguageModelAPI,
+    "translation": TranslationAPI,
+    "summarization": SummarizationAPI,
+}
+
+
+def family_of(loaded: Any) -> str:
+    """Which API serves a loaded run, from what its data gives (preprocessing) and its model can do."""
+    from attnlab.data.images import ImageNormalization
+    from attnlab.data.imdb import ReviewPreprocessing
+
+    pre, model = loaded.preprocess, loaded.model
+    task = str(loaded.cfg.task._target_).rsplit(".", 1)[-1]
+    if hasattr(pre, "decode_target"):
+        return "translation"
+    if hasattr(pre, "prompt"):
+        return "summarization"
+    if task == "ClassificationTask" and isinstance(pre, ImageNormalization):
+        return "image_classification"
+    if task == "ClassificationTask" and isinstance(pre, ReviewPreprocessing):
+        return "text_classification"
+    if task == "LanguageModelingTask" and hasattr(model, "generate"):
+        return "language_model"
+    from attnlab.errors import ConfigError
+
+    raise ConfigError(f"{Path(loaded.run_dir)} is a {task} run of a {type(model).__name__}, which this server does not "
+                      f"serve; it serves: {', '.join(FAMILIES)}")
