@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from attnlab.data.summarization import write_fake_summaries
+
 REPO = Path(__file__).resolve().parents[2]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # no rich widgets in the output
 
@@ -77,36 +79,6 @@ def mt_cli(tmp_path):
         f.writelines(f"{en}\t{fr}\n" for en, fr in zip(*fake_pairs(400, seed=7)))
     return make_cli(tmp_path, root, ["data.tokenizer.max_vocab=300", "data.batch_size=16", "data.eval_batch_size=16",
                                      "tracker=csv", *QUIET])
-
-
-def write_fake_summaries(root: Path, *, seed: int = 0) -> None:
-    """SciTLDR-A- and DialogSum-shaped .jsonl.gz files (train 48 / dev 12 / test 12 papers, 8 dialogues) under root,
-    and an IMDB-shaped train file for pretrain_gpt2's corpus. A TL;DR is the abstract's second sentence."""
-    import json
-    import random
-
-    rng = random.Random(seed)
-    words = "model data learning network method results training task we show propose new deep graph".split()
-
-    def sentence() -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(4, 9))).capitalize() + "."
-
-    def write(path: Path, rows: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-
-    for split, n, refs in (("train", 48, 1), ("dev", 12, 2), ("test", 12, 3)):
-        rows = []
-        for _ in range(n):
-            source = [sentence() for _ in range(rng.randint(3, 6))]
-            rows.append({"source": source, "target": [source[1]] + [sentence() for _ in range(refs - 1)]})
-        write(root / "scitldr_a" / f"{split}.jsonl.gz", rows)
-    write(root / "dialogsum" / "dialogsum.test.jsonl.gz",
-          [{"dialogue": f"#Person1#: {sentence()}\n#Person2#: {sentence()}", "summary1": sentence(),
-            "summary2": sentence(), "summary3": sentence()} for _ in range(8)])
-    write(root / "imdb" / "train.jsonl.gz", [{"text": " ".join(sentence() for _ in range(5)), "label": i % 2}
-                                              for i in range(60)])
 
 
 @pytest.fixture

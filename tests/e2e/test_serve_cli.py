@@ -292,3 +292,55 @@ def test_a_missing_or_unservable_run_is_refused_at_start(tmp_path, imdb_run, lm_
                           ((f"run={lm_run}", "backend=onnx"), "serves classifiers")]:
         out = serve_cli(*args, cwd=tmp_path)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+# -- translation and summarisation -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory) -> Path:
+    from attnlab.data.parallel import write_fake_multi30k
+
+    root = tmp_path_factory.mktemp("serve_mt")
+    write_fake_multi30k(root / "data" / "multi30k_en_fr", sizes={"train": 200, "val": 20, "test_2016_flickr": 10})
+    return train_in_process(root, ["experiment=multi30k_transformer", "data.tokenizer.max_vocab=300",
+                                   "data.batch_size=16", "data.eval_batch_size=16", "+model.d_model=32",
+                                   "+model.n_heads=2", "+model.d_ff=64", "average_last=0"])
+
+
+def test_translation_answers_as_translate_texts(mt_run, tmp_path):
+    from attnlab.translate import translate_texts
+
+    texts = ["A man rides a bike.", "Two dogs play in the snow near a house.", "A girl."]
+    loaded = runs.load_model(mt_run)
+    beam2 = [hyps[0][0] for hyps in translate_texts(loaded, texts, beam_size=2)]
+    greedy = [hyps[0][0] for hyps in translate_texts(loaded, texts, beam_size=1)]
+    with serving(mt_run, tmp_path) as server:
+        r = server.post("/predict", {"inputs": texts, "beam_size": 2})
+        assert r.status_code == 200, r.text
+        assert [o["translation"] for o in r.json()["outputs"]] == beam2
+        one = server.post("/predict", {"input": texts[1], "beam_size": 1})
+        assert one.json()["output"]["translation"] == greedy[1]
+        r = server.post("/predict", {"input": "x", "beam_size": 50})
+        assert r.status_code == 422 and "beam_size=50" in r.text
+
+
+@pytest.mark.data
+def test_summarization_answers_as_summarize_texts(tmp_path_factory, tmp_path, shared_data):
+    from attnlab.data.summarization import write_fake_summaries
+    from attnlab.tasks.summarization import summarize_texts
+
+    root = tmp_path_factory.mktemp("serve_sum")
+    write_fake_summaries(root / "data")
+    (root / "data" / "gpt2_tokenizer").symlink_to(shared_data / "gpt2_tokenizer")
+    run = train_in_process(root, ["experiment=scitldr_full", "++base=null", "++model.n_layer=1", "++model.n_embd=16",
+                                  "++model.n_head=2", "++data.max_len=128", "++data.batch_size=4",
+                                  "++data.max_summary_len=12", "++task.val_generate=4"])
+    docs = ["We propose a new model. It learns graphs from data. Results show gains.", "Deep networks train."]
+    loaded = runs.load_model(run)
+    facts = loaded.facts
+    expected = summarize_texts(loaded.model, loaded.preprocess, docs, max_new_tokens=8, eos_id=facts["eos_id"],
+                               pad_id=facts["pad_id"], num_beams=2)
+    with serving(run, tmp_path) as server:
+        r = server.post("/predict", {"inputs": docs, "num_beams": 2, "max_new_tokens": 8})
+        assert r.status_code == 200, r.text
+        assert [o["summary"] for o in r.json()["outputs"]] == expected
+        assert server.post("/predict", {"input": docs[0], "num_beams": 99}).status_code == 422

@@ -19,6 +19,7 @@ No disk cache: a few thousand rows encode in seconds (SciTLDR-A train: ~2 s on 2
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -381,3 +382,32 @@ class SummarizationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         tests = [s for s in self.splits if s.startswith("test_")]
         return [self._loader(s, batch_size=self.eval_batch_size, shuffle=False) for s in tests]
+
+
+def write_fake_summaries(root: Path, *, seed: int = 0) -> None:
+    """SciTLDR-A- and DialogSum-shaped .jsonl.gz files (train 48 / dev 12 / test 12 papers, 8 dialogues) under root,
+    and an IMDB-shaped train file for pretrain_gpt2's corpus. A TL;DR is the abstract's second sentence."""
+    import random
+
+    rng = random.Random(seed)
+    words = "model data learning network method results training task we show propose new deep graph".split()
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(4, 9))).capitalize() + "."
+
+    def write(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    for split, n, refs in (("train", 48, 1), ("dev", 12, 2), ("test", 12, 3)):
+        rows = []
+        for _ in range(n):
+            source = [sentence() for _ in range(rng.randint(3, 6))]
+            rows.append({"source": source, "target": [source[1]] + [sentence() for _ in range(refs - 1)]})
+        write(root / "scitldr_a" / f"{split}.jsonl.gz", rows)
+    write(root / "dialogsum" / "dialogsum.test.jsonl.gz",
+          [{"dialogue": f"#Person1#: {sentence()}\n#Person2#: {sentence()}", "summary1": sentence(),
+            "summary2": sentence(), "summary3": sentence()} for _ in range(8)])
+    write(root / "imdb" / "train.jsonl.gz", [{"text": " ".join(sentence() for _ in range(5)), "label": i % 2}
+                                              for i in range(60)])
