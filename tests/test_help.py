@@ -45,7 +45,7 @@ def test_train_help_lists_every_group_folder_and_its_options():
     assert "--cfg job" in out.stdout and "--info" in out.stdout and "--hydra-help" in out.stdout
 
 
-@pytest.mark.parametrize("config", ["validate", "generate", "plot"])
+@pytest.mark.parametrize("config", ["validate", "generate", "plot", "serve"])
 def test_other_commands_list_their_keys_and_no_groups(config):
     text = config_help(config, prog=f"python x/{config}.py")
     assert "run: null" in text and "--cfg job" in text
