@@ -179,7 +179,7 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"port={cfg.port}: choose a port from 1024 to 65535")
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
-    for key in ("max_batch_size", "workers", "max_inputs", "max_new_tokens", "max_beams", "max_text_chars",
+    for key in ("max_batch_size", "sub_batch", "workers", "max_inputs", "max_new_tokens", "max_beams", "max_text_chars",
                 "max_payload_bytes"):
         if int(cfg[key]) < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
@@ -242,7 +242,7 @@ def build_server(cfg: DictConfig) -> Any:
                             max_new_tokens=int(cfg.max_new_tokens), max_beams=int(cfg.max_beams), **run["image"])
     schemas.LIMITS = limits  # the HTTP processes fork from this one
     worker = Settings(run_dir=info["run_dir"], ckpt=str(cfg.ckpt), backend=str(cfg.backend),
-                      threads=settings["threads"], limits=limits)
+                      threads=settings["threads"], sub_batch=int(cfg.sub_batch), limits=limits)
     apis = [FAMILIES[family](worker, max_batch_size=int(cfg.max_batch_size), batch_timeout=float(cfg.batch_timeout))]
     if family == "language_model":
         apis.append(StreamAPI(worker, api_path="/stream", stream=True))
