@@ -29,36 +29,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attnlab.cli import script_fail, script_settings
+
 DEFAULTS: dict[str, Any] = {"run": None, "batch": "1,32", "rounds": 20, "threads": 2, "length": 0}
 TEXT_LENGTH = 256  # a typical review's length in tokens (IMDB's median is about 230 words)
 BACKENDS = ("eager", "ort_fp32", "ort_int8")
 log = logging.getLogger("bench_export")
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def parse(settings: list[str]) -> dict[str, Any]:
     """key=value settings over DEFAULTS, each converted to its default's type; batch is a comma-separated list."""
-    args = dict(DEFAULTS)
-    for item in settings:
-        key, eq, value = item.partition("=")
-        if not eq or key not in DEFAULTS:
-            fail(f"expected key=value with key one of {', '.join(DEFAULTS)}; got {item!r}")
-        try:
-            args[key] = type(DEFAULTS[key])(value) if DEFAULTS[key] is not None else value
-        except ValueError:
-            fail(f"{key}={value}: expected {type(DEFAULTS[key]).__name__}")
-    if not args["run"]:
-        fail("say which run to time: python scripts/bench_export.py run=<run dir>")
+    args = script_settings(settings, DEFAULTS, usage="python scripts/bench_export.py run=<run dir>")
     try:
         args["batch"] = [int(b) for b in str(args["batch"]).split(",") if b.strip()]
     except ValueError:
-        fail(f"batch={args['batch']}: expected comma-separated integers, e.g. batch=1,32")
+        script_fail(f"batch={args['batch']}: expected comma-separated integers, e.g. batch=1,32")
     if not args["batch"] or min(args["batch"]) < 1 or min(args["rounds"], args["threads"]) < 1 or args["length"] < 0:
-        fail("batch sizes, rounds and threads must be >= 1, length >= 0")
+        script_fail("batch sizes, rounds and threads must be >= 1, length >= 0")
     return args
 
 
@@ -104,7 +91,7 @@ def bench(args: dict[str, Any]) -> dict[str, Any]:
     family, limit = ort32.family, ort32.max_len or loaded.facts.get("max_len")
     length = args["length"] or (limit if family == LM else min(TEXT_LENGTH, limit or TEXT_LENGTH))
     if limit and length > limit:
-        fail(f"length={length} exceeds the model's max_len {limit}")
+        script_fail(f"length={length} exceeds the model's max_len {limit}")
     rows = []
     for batch in args["batch"]:
         inputs = sample_inputs(family, loaded.facts, batch, length, preprocess=loaded.preprocess)
@@ -139,7 +126,7 @@ def main() -> None:
     try:
         report = bench(args)
     except AttnlabError as err:
-        fail(str(err))
+        script_fail(str(err))
     c = report["cpu"]
     vector = "AVX-512" + (" VNNI" if c["avx512_vnni"] else "") if c["avx512"] else "AVX2" if c["avx2"] else "no AVX2"
     length = f", sequence length {report['length']}" if report["length"] else ""

@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from attnlab.cli import script_fail, script_settings
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS: dict[str, Any] = {"run": None, "clients": 32, "requests": 2000, "max_batch_size": "32,1", "batch_timeout": 0.01,
                             "workers": 1, "backend": "torch", "texts": str(REPO.parent / "shared/data/imdb/test.jsonl.gz"),
@@ -39,18 +41,11 @@ DEFAULTS: dict[str, Any] = {"run": None, "clients": 32, "requests": 2000, "max_b
 
 
 def parse(argv: list[str]) -> dict[str, Any]:
-    settings = dict(DEFAULTS)
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if not eq or key not in DEFAULTS:
-            sys.exit(f"error: {arg!r}: give key=value with key one of {', '.join(DEFAULTS)}")
-        settings[key] = value
-    if not settings["run"]:
-        sys.exit("error: say which run to serve: python scripts/bench_serve.py run=<run dir>")
-    for key in ("clients", "requests", "workers", "warmup"):
-        settings[key] = int(settings[key])
-    settings["batch_timeout"] = float(settings["batch_timeout"])
-    settings["max_batch_size"] = [int(b) for b in str(settings["max_batch_size"]).split(",")]
+    settings = script_settings(argv, DEFAULTS, usage="python scripts/bench_serve.py run=<run dir>")
+    try:
+        settings["max_batch_size"] = [int(b) for b in str(settings["max_batch_size"]).split(",")]
+    except ValueError:
+        script_fail(f"max_batch_size={settings['max_batch_size']}: expected comma-separated integers, e.g. 32,1")
     return settings
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from attnlab import runs
+from attnlab.cli import script_fail, script_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {"run": None, "reviews": 32, "chunk": 8, "threads": 2, "rounds": 3,
@@ -26,20 +27,13 @@ DEFAULTS = {"run": None, "reviews": 32, "chunk": 8, "threads": 2, "rounds": 3,
 
 
 def main() -> None:
-    settings = dict(DEFAULTS)
-    for arg in sys.argv[1:]:
-        key, eq, value = arg.partition("=")
-        if not eq or key not in DEFAULTS:
-            sys.exit(f"error: {arg!r}: give key=value with key one of {', '.join(DEFAULTS)}")
-        settings[key] = value
-    if not settings["run"]:
-        sys.exit("error: python scripts/bench_text_batching.py run=<text classification run>")
-    n, chunk, rounds = int(settings["reviews"]), int(settings["chunk"]), int(settings["rounds"])
-    torch.set_num_threads(int(settings["threads"]))
+    settings = script_settings(sys.argv[1:], DEFAULTS, usage="python scripts/bench_text_batching.py run=<text run>")
+    n, chunk, rounds = settings["reviews"], settings["chunk"], settings["rounds"]
+    torch.set_num_threads(settings["threads"])
     loaded = runs.load_model(settings["run"])
     pre, model = loaded.preprocess, loaded.model
     if not hasattr(pre, "clean"):
-        sys.exit(f"error: {settings['run']} is not a text classification run")
+        script_fail(f"{settings['run']} is not a text classification run")
     with gzip.open(settings["texts"], "rt", encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line, _ in zip(f, range(n))]
     lengths = [len(ids) for ids in pre.tokenizer.encode_batch([pre.clean(t) for t in texts])]

@@ -15,35 +15,24 @@ import logging
 import sys
 from typing import Any
 
+from attnlab.cli import script_fail, script_settings
+
 DEFAULTS: dict[str, Any] = {"run": None, "format": "onnx", "quantize": None, "ckpt": "best", "opset": None}
 FORMATS = ("onnx",)
 
 
-def fail(message: str) -> None:
-    """One line on stderr, exit code 2 (as argparse does for bad arguments, without the usage text)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def parse(settings: list[str]) -> dict[str, Any]:
     """key=value settings over DEFAULTS; opset is an int."""
-    args = dict(DEFAULTS)
-    for item in settings:
-        key, eq, value = item.partition("=")
-        if not eq or key not in DEFAULTS:
-            fail(f"expected key=value with key one of {', '.join(DEFAULTS)}; got {item!r}")
-        args[key] = value
-    if not args["run"]:
-        fail("say which run to export: python scripts/export.py run=<run dir> format=onnx")
+    args = script_settings(settings, DEFAULTS, usage="python scripts/export.py run=<run dir> format=onnx")
     if args["format"] not in FORMATS:
-        fail(f"format={args['format']}: only {', '.join(FORMATS)} is supported")
+        script_fail(f"format={args['format']}: only {', '.join(FORMATS)} is supported")
     if args["quantize"] in ("", "none"):
         args["quantize"] = None
     if args["opset"] is not None:
         try:
             args["opset"] = int(args["opset"])
         except ValueError:
-            fail(f"opset={args['opset']}: expected an integer, e.g. opset=17")
+            script_fail(f"opset={args['opset']}: expected an integer, e.g. opset=17")
     return args
 
 
@@ -61,7 +50,7 @@ def main() -> None:
     try:
         path = export_onnx(args["run"], ckpt=args["ckpt"], quantize=args["quantize"], opset=args["opset"])
     except AttnlabError as err:
-        fail(str(err))
+        script_fail(str(err))
     info = read_json(path.parent / INFO_FILE)
     print(f"\n{info['family']}, {info['checkpoint']}, opset {info['opset']}, checked at {len(info['checked_shapes'])} "
           f"shapes against PyTorch")

@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -232,3 +232,26 @@ def translate() -> Any:
 def serve() -> Any:
     """`attnlab-serve` / app/serve.py."""
     return _main(_serve_job, "serve")()
+
+
+def script_fail(message: str) -> NoReturn:
+    """One `error:` line on stderr and exit code 2: how the scripts/ commands refuse bad arguments."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def script_settings(argv: list[str], defaults: dict[str, Any], *, usage: str) -> dict[str, Any]:
+    """The key=value arguments of a scripts/ command over `defaults`, each converted to its default's type (a None
+    default keeps the text); an unknown key, a value of the wrong type or a missing `run` is one line and exit 2."""
+    args = dict(defaults)
+    for item in argv:
+        key, eq, value = item.partition("=")
+        if not eq or key not in defaults:
+            script_fail(f"expected key=value with key one of {', '.join(defaults)}; got {item!r}")
+        try:
+            args[key] = value if defaults[key] is None else type(defaults[key])(value)
+        except ValueError:
+            script_fail(f"{key}={value}: expected {type(defaults[key]).__name__}")
+    if "run" in defaults and not args["run"]:
+        script_fail(f"say which run: {usage}")
+    return args

@@ -192,8 +192,6 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
 
 def inspect_run(run: str, ckpt: str) -> dict[str, Any]:
     """Load the run once (every error a clear RunError/ConfigError) and describe it for /info."""
-    import torch
-
     from attnlab import runs
     from attnlab.serving.apis import family_of
 
@@ -214,8 +212,6 @@ def inspect_run(run: str, ckpt: str) -> dict[str, Any]:
     image = {}
     if family == "image_classification":
         image = {"channels": int(loaded.preprocess.channels), "image_size": int(loaded.preprocess.image_size)}
-    del loaded
-    torch.set_num_threads(1)
     return {"info": info, "image": image}
 
 
@@ -253,7 +249,7 @@ def build_server(cfg: DictConfig) -> Any:
     middlewares.append((MetricsMiddleware, {"paths": paths}))  # added last: the outermost, so it sees 401s too
     server_info = {**info, "backend": str(cfg.backend), "max_batch_size": int(cfg.max_batch_size),
                    "batch_timeout": float(cfg.batch_timeout), "workers": int(cfg.workers),
-                   "threads_per_worker": settings["threads"], "endpoints": ["/predict", *(["/stream"] if len(apis) > 1 else [])]}
+                   "threads_per_worker": settings["threads"], "api_key": bool(settings["api_key"]), "endpoints": ["/predict", *(["/stream"] if len(apis) > 1 else [])]}
     server = ls.LitServer(apis if len(apis) > 1 else apis[0], accelerator="cpu" if cfg.get("device") in (None, "cpu") else "auto",
                           workers_per_device=int(cfg.workers), timeout=float(cfg.timeout), model_metadata=server_info,
                           middlewares=middlewares)  # RequestGuard limits the body (LitServe's limit would answer 500 behind it)
@@ -271,6 +267,6 @@ def serve(cfg: DictConfig) -> None:
     info = server.attnlab_info
     log.info("serving %s (%s, %s) on http://%s:%d  (POST %s; GET /health /info /metrics /docs)%s", info["run_id"],
              info["family"], info["model"], cfg.host, int(cfg.port), " ".join(info["endpoints"]),
-             "; API key required" if _settings(cfg)["api_key"] else "")
+             "; API key required" if info["api_key"] else "")
     server.run(host=str(cfg.host), port=int(cfg.port), generate_client_file=False, log_level=str(cfg.log_level),
                num_api_servers=int(cfg.api_servers) if cfg.get("api_servers") else None)
