@@ -45,6 +45,8 @@ FACTS["attnlab.data.translation.TranslationDataModule"] = SEQ2SEQ_FACTS
 FACTS["attnlab.data.summarization.SummarizationDataModule"] = {
     "vocab_size": 50257, "max_len": 512, "eos_id": 50256, "pad_id": 50256, "tokenizer": None, "max_summary_len": 64,
     "test_sets": ["scitldr", "dialogsum"], "template": "{source}\nTL;DR:"}
+# Experiments with a required setting (??? in the file): a value that composes (no run is read here).
+EXPERIMENT_NEEDS = {"mnist_cnn_denoised": ["data.denoise_with=/runs/an_mnist_ae_run"]}
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 
 
@@ -98,9 +100,14 @@ def test_every_group_option_composes_and_checks(group, option):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_checks(experiment):
-    cfg = composed([f"experiment={experiment}"])
+    cfg = composed([f"experiment={experiment}", *EXPERIMENT_NEEDS.get(experiment, [])])
     check_all(cfg)
     assert cfg.name == experiment
+
+
+def test_a_required_experiment_setting_left_out_is_named():
+    with pytest.raises(ConfigError, match=r"data.denoise_with must be given \(it is \?\?\? in the config\)"):
+        check_all(composed(["experiment=mnist_cnn_denoised"]))
 
 
 def test_an_unknown_peft_option_is_refused_with_the_choices():

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from attnlab import build
 from attnlab.errors import ConfigError
-from test_configs import check_all, composed, options
+from test_configs import EXPERIMENT_NEEDS, check_all, composed, options
 
 # Per experiment: another optimizer and a sibling model of the same family (what a user tries next).
 OTHER_MODEL = {"mnist": "vit", "imdb": "gru", "tinystories": "lstm_lm", "multi30k": "lstm_attention",
@@ -33,7 +33,7 @@ def switch_check(overrides: list[str]):
 
 @pytest.mark.parametrize("experiment, switch", SWITCHES, ids=[f"{e}+{s}" for e, s in SWITCHES])
 def test_switching_a_group_works_or_names_the_fix(experiment, switch):
-    overrides = [f"experiment={experiment}", switch]
+    overrides = [f"experiment={experiment}", *EXPERIMENT_NEEDS.get(experiment, []), switch]
     try:
         switch_check(overrides)
         return

@@ -81,9 +81,12 @@ def _train_job(cfg: DictConfig) -> float | None:
 
 @_guarded
 def _validate_job(cfg: DictConfig) -> None:
-    from attnlab.validate import validate as run_validation
+    from attnlab.validate import record_sweep_job, validate as run_validation
 
-    run_validation(cfg)
+    report = run_validation(cfg)
+    if is_multirun():  # `validate -m run=<dir> data.test_noise_std=0,0.1,0.3`: each job's record, for the sweep summary
+        hc = HydraConfig.get()
+        record_sweep_job(Path(hc.runtime.output_dir), report, overrides=list(hc.overrides.task))
 
 
 @_guarded

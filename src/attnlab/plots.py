@@ -58,18 +58,27 @@ def class_distribution(confusion: np.ndarray | Sequence, class_names: Sequence[s
     return _save(fig, path)
 
 
-def image_grid(rows: dict[str, "np.ndarray"], path: Path) -> Path:
-    """One row per entry (e.g. input / reconstruction / target), images (N, C, H, W) in [0, 1]."""
+def image_grid(rows: dict[str, "np.ndarray"], path: Path, captions: dict[str, Sequence[str]] | None = None,
+               title: str = "") -> Path:
+    """One row per entry (e.g. input / reconstruction / target), images (N, C, H, W) in [0, 1]; `captions`: a text
+    under each image of a row (e.g. a classifier's prediction)."""
     names = list(rows)
     n = len(next(iter(rows.values())))
-    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, (1.5 if captions else 1.3) * len(names)), squeeze=False)
     for r, name in enumerate(names):
         images = np.asarray(rows[name]).clip(0, 1)
         for c in range(n):
             img = images[c].transpose(1, 2, 0)  # (H, W, C)
             axes[r, c].imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-            axes[r, c].axis("off")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            for side in axes[r, c].spines.values():
+                side.set_visible(False)
+            if captions and name in captions:
+                axes[r, c].set_xlabel(captions[name][c], fontsize=8)
         axes[r, 0].set_title(name, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 

@@ -149,6 +149,8 @@ def fit_and_test(
                               "loaded": len(loaded[0].matched), "not_loaded": loaded[0].not_loaded()})
     if _is_rank_zero() and hasattr(datamodule, "save_artifacts"):
         datamodule.save_artifacts(run.dir)
+    if _is_rank_zero() and getattr(datamodule, "lineage", None) and (parents := datamodule.lineage()):
+        run.update(parents=parents)  # runs this one's data goes through (data.denoise_with)
     task.figures_dir = run.dir / runs.PLOTS
     run_id, group, name = _run_identity(run.dir, cfg)
     trackers = _build_trackers(cfg, run.dir, run_id, group, name, previous_ids)

@@ -44,12 +44,17 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"task.{key}: the run's task ({run_cfg.task._target_}) has no such setting; it has: "
                               f"{', '.join(k for k in run_cfg.task if k != '_target_')}")
         run_cfg.task[key] = value
+    for key, value in (cfg.get("data") or {}).items():  # e.g. data.test_noise_std=0.5: the test split at another noise
+        run_cfg.data[key] = value
+    if cfg.get("data"):
+        build.check(run_cfg.data, "data")  # a key the run's data module does not take is one clear line
     # Around the loaded model: the task (its metrics, no optimizer) and the data module of the split evaluated.
     datamodule = build.make_datamodule(run_cfg, artifacts=run_dir)
     task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
     out_dir = run_dir / "validation"
     # With changed task settings the report is named after them, beside (never over) the plain one.
-    name = "_".join([cfg.split, *(f"{k}={v}" for k, v in sorted((cfg.get("task") or {}).items()))])
+    changed = {**(cfg.get("task") or {}), **(cfg.get("data") or {})}
+    name = "_".join([cfg.split, *(f"{k}={v}" for k, v in sorted(changed.items()))])
     task.figures_dir = out_dir / name
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule.prepare_data()
@@ -64,14 +69,53 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
         enable_progress_bar=bool(cfg.progress_bar),
     )
-    results = {k: v for per_loader in trainer.test(task, dataloaders=loader, verbose=False) for k, v in per_loader.items()}
+    # Through the data module's batch hooks (data.denoise_with runs there, on the batch's device), on the chosen split.
+    split = _Split(datamodule, loader)
+    results = {k: v for per_loader in trainer.test(task, datamodule=split, verbose=False) for k, v in per_loader.items()}
     results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
     metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
     report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split,
-              "task": dict(cfg.get("task") or {}), "metrics": metrics, **task.test_artifacts}
+              "task": dict(cfg.get("task") or {}), "data": dict(cfg.get("data") or {}), "metrics": metrics,
+              "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **task.test_artifacts}
     out_dir.mkdir(exist_ok=True)
     runs.write_json(out_dir / f"{name}.json", report)
     _print_table(f"{run_dir.name}: {cfg.split} ({ckpt_path.name})", metrics)
     log.info("wrote %s and figures in %s", out_dir / f"{name}.json", task.figures_dir)
     return report
+
+
+def record_sweep_job(job_dir: Path, report: dict[str, Any], *, overrides: list[str]) -> None:
+    """A validation sweep's job directory as the sweep summary reads it: manifest.json (status, overrides, the run
+    and checkpoint validated) and metrics.json (the report's metrics)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_json(job_dir / runs.METRICS, report["metrics"])
+    runs.write_json(job_dir / runs.MANIFEST, {"status": "completed", "overrides": overrides, "run": report["run"],
+                                              "checkpoint": report["checkpoint"], "split": report["split"],
+                                              "parents": report["parents"], "error": None})
+
+
+class _Split(L.LightningDataModule):
+    """One split's loader as the test loader, with the run's data module's batch hooks (so a data module's
+    on-device transform, `data.denoise_with`, runs in validation as in training) and its other attributes."""
+
+    def __init__(self, datamodule: L.LightningDataModule, loader: Any) -> None:
+        super().__init__()
+        self.datamodule, self.loader = datamodule, loader
+
+    def test_dataloader(self) -> Any:
+        return self.loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.datamodule.on_before_batch_transfer(batch, dataloader_idx)
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return self.datamodule.transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.datamodule.on_after_batch_transfer(batch, dataloader_idx)
+
+    def __getattr__(self, name: str) -> Any:  # example_inputs, facts, ...: the run's data module's
+        if name in ("datamodule", "loader") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.datamodule, name)

@@ -23,7 +23,8 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("experiment, metric", [("mnist_quick", "test/acc"), ("mnist_cnn", "test/acc"), ("mnist_ae", "test/mse"), ("mnist_vit", "test/acc")])
+@pytest.mark.parametrize("experiment, metric", [("mnist_quick", "test/acc"), ("mnist_cnn", "test/acc"), ("mnist_ae", "test/mse"), ("mnist_vit", "test/acc"),
+                                                ("mnist_cnn_noisy", "test/acc")])
 def test_every_experiment_fast_dev_run(cli, experiment, metric):
     cli("app/train.py", f"experiment={experiment}", "trainer.fast_dev_run=true")
     run_dir = only_run(cli.results)

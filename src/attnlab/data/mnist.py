@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from attnlab.data.denoise import DenoisedImages, Denoiser
 from attnlab.data.images import ImageNormalization
 from attnlab.data.loading import BatchedTensorDataset, make_loader
 from attnlab.errors import ConfigError, DataError
@@ -156,6 +157,8 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 1234,
         target: Literal["label", "image"] = "label",
         noise_std: float = 0.0,
+        test_noise_std: float | None = None,
+        denoise_with: str | None = None,
         augment: bool = False,
         max_shift: int = 2,
         num_workers: int = 0,
@@ -164,8 +167,8 @@ class MNISTDataModule(L.LightningDataModule):
         super().__init__()
         if target not in TARGETS:
             raise ConfigError(f"unknown MNIST target {target!r}; choose one of: {', '.join(TARGETS)}")
-        if val_size < 0 or noise_std < 0 or max_shift < 0 or num_workers < 0:
-            raise ConfigError("MNISTDataModule: val_size, noise_std, max_shift and num_workers must be >= 0")
+        if val_size < 0 or noise_std < 0 or (test_noise_std or 0) < 0 or max_shift < 0 or num_workers < 0:
+            raise ConfigError("MNISTDataModule: val_size, noise_std, test_noise_std, max_shift and num_workers must be >= 0")
         self.data_dir = Path(data_dir)
         self.seed = seed
         self.batch_size = batch_size
@@ -174,6 +177,9 @@ class MNISTDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.target = target
         self.noise_std = noise_std
+        self.test_noise_std = noise_std if test_noise_std is None else test_noise_std  # None: as at training
+        # Checked now (before any training), loaded on first use.
+        self.denoiser = None if not denoise_with else Denoiser.check(denoise_with, channels=1, image_size=IMAGE_SIZE)
         self.augment = augment
         self.max_shift = max_shift
         self.num_workers = num_workers
@@ -191,9 +197,30 @@ class MNISTDataModule(L.LightningDataModule):
             "class_names": [str(k) for k in range(NUM_CLASSES)],
         }
 
-    def preprocessing(self) -> ImageNormalization:
-        """What turns raw images into the model's input (fixed: nothing of it is learned from the data)."""
-        return PIXELS
+    def preprocessing(self) -> ImageNormalization | DenoisedImages:
+        """What turns raw images into the model's input (fixed: nothing of it is learned from the data); with
+        `denoise_with`, the autoencoder's output of them."""
+        return PIXELS if self.denoiser is None else DenoisedImages(PIXELS, self.denoiser)
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """The runs this data depends on (the manifest's `parents`)."""
+        return [] if self.denoiser is None else [self.denoiser.lineage()]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With `denoise_with`: the inputs, on the batch's device, replaced by the autoencoder's output of them."""
+        if self.denoiser is None:
+            return batch
+        x, target = batch
+        return self.denoiser(x), target
+
+    def example_inputs(self, n: int = 8) -> tuple[dict[str, Tensor], Tensor] | None:
+        """For a denoised run's figure: the first `n` test digits as noisy input, denoised input and clean digit
+        (each (n, 1, 28, 28) in [0, 1]) and their labels; None without `denoise_with`."""
+        if self.denoiser is None or self.test_set is None:
+            return None
+        images, labels, *noise = (t[:n] for t in self.test_set.tensors)
+        noisy, _ = MNISTBatch(noise_std=self.test_noise_std)((images, labels, *noise))
+        return {"noisy input": noisy, "denoised": self.denoiser(noisy), "clean": PIXELS(images)}, labels
 
     def _path(self, key: str) -> Path:
         """The file for `key`: the .gz name, or the uncompressed name when only that exists."""
@@ -235,21 +262,24 @@ class MNISTDataModule(L.LightningDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
         eval_tf = MNISTBatch(target=self.target, noise_std=self.noise_std)
+        test_tf = MNISTBatch(target=self.target, noise_std=self.test_noise_std)
         train_tf = MNISTBatch(
             target=self.target, noise_std=self.noise_std, max_shift=self.max_shift if self.augment else 0
         )
         val_extra, test_extra = [], []
+        # Evaluation noise is drawn once, from generators that depend only on split_seed, so every evaluation of
+        # every run sees the same inputs (at any test_noise_std: the same draws, scaled). Test noise does not depend
+        # on val_size.
         if self.noise_std > 0:
-            # Evaluation noise is drawn once, from generators that depend only on split_seed, so every
-            # evaluation of every run sees the same inputs. Test noise does not depend on val_size.
             gen_val = torch.Generator().manual_seed(self.split_seed + 1)
-            gen_test = torch.Generator().manual_seed(self.split_seed + 2)
             val_extra = [torch.randn((len(val_idx), IMAGE_SIZE, IMAGE_SIZE), generator=gen_val)]
+        if self.test_noise_std > 0:
+            gen_test = torch.Generator().manual_seed(self.split_seed + 2)
             test_extra = [torch.randn((len(test_x), IMAGE_SIZE, IMAGE_SIZE), generator=gen_test)]
         # The run seed keys the training batches' shifts and noise (see attnlab.data.loading.batch_generator).
         self.train_set = BatchedTensorDataset(train_x[train_idx], train_y[train_idx], transform=train_tf, seed=self.seed)
         self.val_set = BatchedTensorDataset(train_x[val_idx], train_y[val_idx], *val_extra, transform=eval_tf)
-        self.test_set = BatchedTensorDataset(test_x, test_y, *test_extra, transform=eval_tf)
+        self.test_set = BatchedTensorDataset(test_x, test_y, *test_extra, transform=test_tf)
         log.info("MNIST from %s: train %d, val %d, test %d", self.data_dir, len(train_idx), len(val_idx), len(test_x))
 
     def _read(self, split: str) -> tuple[Tensor, Tensor]:

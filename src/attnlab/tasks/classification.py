@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -85,3 +86,24 @@ class ClassificationTask(Task):
             if path is not None:
                 draw(confusion, self.class_names, path)
                 self.publish_figure(f"test/{key}", path)
+        self._input_figure()
+
+    def _input_figure(self) -> None:
+        """plots/inputs.png when the data module shows its inputs' stages (MNIST with data.denoise_with: noisy,
+        denoised, clean): one row of digits per stage, the model's prediction under each."""
+        examples = getattr(getattr(self.trainer, "datamodule", None), "example_inputs", None)
+        found = examples() if callable(examples) else None
+        path = self.figure_path("inputs.png") if found is not None else None
+        if path is None:
+            return
+        from attnlab import plots
+
+        stages, labels = found
+        dtype = next(self.model.parameters()).dtype
+        with torch.no_grad():
+            preds = {name: self._forward(x.to(self.device, dtype)).argmax(-1).cpu() for name, x in stages.items()}
+        captions = {name: [f"{self.class_names[p]}" + ("" if p == y else " ✗") for p, y in zip(preds[name].tolist(),
+                    labels.tolist())] for name in stages}
+        plots.image_grid({name: x.float().numpy() for name, x in stages.items()}, path, captions=captions,
+                         title=f"labels: {' '.join(self.class_names[y] for y in labels.tolist())}")
+        self.publish_figure("test/inputs", path)
