@@ -64,7 +64,7 @@ def image_grid(rows: dict[str, "np.ndarray"], path: Path, captions: dict[str, Se
     under each image of a row (e.g. a classifier's prediction)."""
     names = list(rows)
     n = len(next(iter(rows.values())))
-    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, (1.5 if captions else 1.3) * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, (1.65 if captions else 1.3) * len(names)), squeeze=False)
     for r, name in enumerate(names):
         images = np.asarray(rows[name]).clip(0, 1)
         for c in range(n):

@@ -54,7 +54,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = run_dir / "validation"
     # With changed task settings the report is named after them, beside (never over) the plain one.
     changed = {**(cfg.get("task") or {}), **(cfg.get("data") or {})}
-    name = "_".join([cfg.split, *(f"{k}={v}" for k, v in sorted(changed.items()))])
+    name = "_".join([cfg.split, *(f"{k}={_file_safe(v)}" for k, v in sorted(changed.items()))])
     task.figures_dir = out_dir / name
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule.prepare_data()
@@ -75,7 +75,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
     metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
-    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split,
+    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "seed": run_cfg.get("seed"),
               "task": dict(cfg.get("task") or {}), "data": dict(cfg.get("data") or {}), "metrics": metrics,
               "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **task.test_artifacts}
     out_dir.mkdir(exist_ok=True)
@@ -85,13 +85,19 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+def _file_safe(value: Any) -> str:
+    """A setting's value in a report's file name: a path (data.denoise_with=<run dir>) by its last part."""
+    text = str(value)
+    return Path(text).name if "/" in text or "\\" in text else text
+
+
 def record_sweep_job(job_dir: Path, report: dict[str, Any], *, overrides: list[str]) -> None:
     """A validation sweep's job directory as the sweep summary reads it: manifest.json (status, overrides, the run
     and checkpoint validated) and metrics.json (the report's metrics)."""
     job_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(job_dir / runs.METRICS, report["metrics"])
     runs.write_json(job_dir / runs.MANIFEST, {"status": "completed", "overrides": overrides, "run": report["run"],
-                                              "checkpoint": report["checkpoint"], "split": report["split"],
+                                              "checkpoint": report["checkpoint"], "split": report["split"], "seed": report["seed"],
                                               "parents": report["parents"], "error": None})
 
 

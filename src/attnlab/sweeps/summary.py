@@ -62,6 +62,8 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
 
 
 def _objective_line(metric: str | None, mode: str | None) -> str:
+    if not metric:
+        return "- objective: none (nothing ranks the rows: e.g. a validation sweep); rows are in sweep order"
     if metric and mode is None:
         return (f"- objective: `{metric}`, direction unknown: the task states none for it (conf/task/*.yaml "
                 "`monitor.modes`) and the sweep set no `hydra.sweeper.direction`; rows are in sweep order")
@@ -95,7 +97,7 @@ def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | N
                      f"(jobs {', '.join(str(j.num) for j in top.by_status('completed'))})")
     elif metric and mode is None:
         lines.append("**Best configuration**: none (the objective's direction is unknown)")
-    else:
+    elif metric:
         lines.append("**Best configuration**: none yet (no completed job logged the objective)")
     unfinished = [j for j in jobs if j.status != "completed"]
     if unfinished:
