@@ -116,6 +116,32 @@ def test_pruning_stops_hopeless_trials(cli):
     assert f"| {pruned[0]} | " in md.split("## Jobs not completed")[1]
 
 
+def test_pruning_with_jobs_in_other_processes(cli):
+    """joblib runs each job in a worker process: the job finds its trial in the sqlite storage. Trials 0 and 1 run
+    in full (n_startup_trials=2), so the pruner judges trials 2 and 3 against finished ones only: deterministic."""
+    import optuna
+
+    sweep = cli.results / "sweeps" / "pruned_joblib"
+    cli("app/train.py", "hparams_search=mnist_optuna", "hydra/launcher=local_parallel", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=3", "hydra.sweeper.pruner.name=median",
+        "hydra.sweeper.pruner.n_startup_trials=2", "optimizer.lr=tag(log,interval(1e-6,1e-1))", "optimizer.weight_decay=0",
+        "model.dropout=0", "data.batch_size=32", *TINY, "trainer.max_epochs=3", f"hydra.sweep.dir={sweep}")
+    trials = optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert [t.state.name for t in trials[:2]] == ["COMPLETE", "COMPLETE"]
+    pruned = [t.number for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(manifest(sweep / str(n))["status"] == "pruned" for n in pruned)
+    assert all(len(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")  # stopped before the last epoch
+
+
+def test_optuna_dry_run_and_a_bad_sampler(cli):
+    sweep = cli.results / "sweeps" / "dry"
+    out = cli("app/train.py", "hparams_search=mnist_optuna", "dry_run=true", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}")
+    assert len(re.findall(r"dry run ok: mnist_cnn \[.*optimizer\.lr=", out.stdout)) == 2
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # no study stored, no run recorded
+    bad = cli("app/train.py", "hparams_search=mnist_optuna", "hydra.sweeper.sampler.name=bayes", f"hydra.sweep.dir={sweep}2", expect=2)
+    assert bad.stderr.strip() == "error: unknown sampler 'bayes'; choose one of: tpe, random, gp, cmaes, nsgaii, grid"
+
+
 def test_two_objective_search_writes_its_pareto_front(cli):
     import optuna
 

@@ -36,8 +36,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnlab import runs, sweeps
-from attnlab.errors import ConfigError
-from attnlab.sweeps.search import SearchSpace, build_pruner, build_sampler
+from attnlab.sweeps.search import SearchSpace, SweepConfigError, build_pruner, build_sampler
 
 if TYPE_CHECKING:
     import optuna
@@ -85,11 +84,11 @@ class OptunaSweeper:
         objective = self.config.get("objective")
         n_objectives = len(objective) if isinstance(objective, ListConfig) else 1
         if n_objectives != len(self.directions):
-            raise ConfigError(f"objective has {n_objectives} metric(s) but hydra.sweeper.direction has "
+            raise SweepConfigError(f"objective has {n_objectives} metric(s) but hydra.sweeper.direction has "
                               f"{len(self.directions)}; give one direction per metric")
         pruner = build_pruner(self.pruner)
         if len(self.directions) > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
-            raise ConfigError("pruning needs a single objective (Optuna cannot prune a multi-objective trial); "
+            raise SweepConfigError("pruning needs a single objective (Optuna cannot prune a multi-objective trial); "
                               "set hydra.sweeper.pruner.name=none or one objective")
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # attnlab logs each trial itself
         storage = None if self.dry_run else self.storage

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, OverrideType, RangeSweep
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.errors import ConfigError
@@ -30,6 +31,11 @@ SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "gp": "GPSampler", "
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner"}
 _PREFIX = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}
+
+
+class SweepConfigError(ConfigError, CompactHydraException):
+    """A sweeper setting to fix (unknown sampler, option, bad param); a compact Hydra error, so the command line
+    reports it as one `error:` line (attnlab.cli) rather than a traceback."""
 
 
 class SearchSpace:
@@ -56,7 +62,7 @@ class SearchSpace:
         """The grid sampler's search space: every value of each choice/range param."""
         intervals = [k for k, o in self.sweeps.items() if isinstance(o.value(), IntervalSweep)]
         if intervals:
-            raise ConfigError(f"sampler grid needs choice(...) or range(...) params; {', '.join(intervals)} "
+            raise SweepConfigError(f"sampler grid needs choice(...) or range(...) params; {', '.join(intervals)} "
                               "is an interval: make it a choice or pick another sampler")
         return {key: list(o.sweep_iterator()) for key, o in self.sweeps.items()}
 
@@ -64,7 +70,7 @@ class SearchSpace:
 def _as_text(value: Any) -> str:
     """A config value as an override's right-hand side (YAML gives numbers and lists, the command line strings)."""
     if isinstance(value, (DictConfig, dict)) or OmegaConf.is_list(value) or isinstance(value, list):
-        raise ConfigError(f"hydra.sweeper.params: {value!r} is no override value; write choice(...), range(...), "
+        raise SweepConfigError(f"hydra.sweeper.params: {value!r} is no override value; write choice(...), range(...), "
                           "interval(a, b), tag(log, interval(a, b)), a,b or a plain value")
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -87,7 +93,7 @@ def distribution(override: Override) -> BaseDistribution:
         if isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(sweep.start, sweep.end, log=log)
         return FloatDistribution(sweep.start, sweep.end, log=log)
-    raise ConfigError(f"{override.input_line}: unsupported sweep; use choice, range, interval or tag(log, interval)")
+    raise SweepConfigError(f"{override.input_line}: unsupported sweep; use choice, range, interval or tag(log, interval)")
 
 
 def _options(kind: str, name: str, cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +102,7 @@ def _options(kind: str, name: str, cls: type, options: Mapping[str, Any]) -> dic
     chosen = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(chosen) - set(accepted))
     if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r} for {kind} {name}; choose from: {', '.join(accepted)}")
+        raise SweepConfigError(f"unknown option {unknown[0]!r} for {kind} {name}; choose from: {', '.join(accepted)}")
     return chosen
 
 
@@ -105,7 +111,7 @@ def _named(kind: str, table: dict[str, str], config: Mapping[str, Any] | None, d
     options = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config or {})
     name = str(options.pop("name", None) or default)
     if name not in table:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(table)}")
+        raise SweepConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(table)}")
     return name, options
 
 
