@@ -147,6 +147,9 @@ def test_optuna_history_plot(tmp_path):
         study.tell(trial, value, state=optuna.trial.TrialState.COMPLETE if value else optuna.trial.TrialState.FAIL)
     path = optuna_history(tmp_path / "optuna.db", tmp_path / "history.png", "val/acc_best")
     assert path is not None and path.stat().st_size > 1000
+    pareto = optuna.create_study(study_name="p", storage=f"sqlite:///{tmp_path / 'pareto.db'}", directions=["maximize", "minimize"])
+    pareto.tell(pareto.ask(), [0.9, 0.1])
+    assert optuna_history(tmp_path / "pareto.db", tmp_path / "pareto.png") is None  # the front is in summary.md
 
 
 def composed(overrides):
