@@ -103,7 +103,7 @@ def test_pruning_stops_hopeless_trials(cli):
     import optuna
 
     sweep = cli.results / "sweeps" / "pruned"
-    cli("app/train.py", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.seed=3",
+    cli("app/train.py", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=5", "hydra.sweeper.sampler.seed=3",
         "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=2", "optimizer.lr=tag(log,interval(1e-6,1e-1))",
         "optimizer.weight_decay=0", "model.dropout=0", "data.batch_size=32", *TINY, "trainer.max_epochs=3", f"hydra.sweep.dir={sweep}")
     trials = optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}").trials

@@ -140,8 +140,8 @@ class OptunaSweeper:
     def _run_batch(self, study: optuna.Study, space: SearchSpace, sweep_dir: Path, size: int) -> None:
         """Ask `size` trials, run their jobs (folder = trial number), tell each its outcome."""
         trials = [study.ask(space.distributions) for _ in range(size)]
-        marker = [] if self.dry_run else ["+optuna_trial={}"]
-        overrides = [space.job_overrides(t.params) + [m.format(t.number) for m in marker] for t in trials]
+        # The job's trial, for its pruning callback; a dry run's in-memory study is out of the job's reach.
+        overrides = [space.job_overrides(t.params) + ([] if self.dry_run else [f"+optuna_trial={t.number}"]) for t in trials]
         returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
         for trial, ret in zip(trials, returns):
             if self.dry_run:
