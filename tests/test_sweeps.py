@@ -268,6 +268,58 @@ def test_a_sampler_or_pruner_option_is_checked_with_one_line_naming_the_choices(
     assert type(build_pruner(None)).__name__ == "NopPruner"
 
 
+class FakeLauncher:
+    """Hydra's launcher, in-process and instant: a job's value is x + y of its overrides, NaN (failed) when x=3."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        returns = []
+        for overrides in job_overrides:
+            params = dict(o.lstrip("+").split("=", 1) for o in overrides)
+            self.jobs.append(params)
+            value = math.nan if params["x"] == "3" else float(params["x"]) + float(params["y"])
+            returns.append(JobReturn(status=JobStatus.COMPLETED, _return_value=value))
+        return returns
+
+
+def sweeper_on(tmp_path, *, n_trials, sampler, params):
+    from attnlab.sweeps.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+                            n_trials=n_trials, n_jobs=2, sampler=sampler, params=params)
+    sweeper.config = OmegaConf.create({"objective": "val/acc", "dry_run": False, "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.dry_run, sweeper.launcher = False, FakeLauncher()
+    return sweeper
+
+
+def test_grid_search_runs_its_grid_once_and_a_failed_job_is_a_failed_trial(tmp_path):
+    import optuna
+
+    sweeper = sweeper_on(tmp_path, n_trials=10, sampler={"name": "grid", "seed": 0}, params={"x": "choice(1, 3)"})
+    sweeper.sweep(["y=range(0, 2)", "z=5"])  # 4 grid points, though 10 trials were asked for
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted((t.params["x"], t.params["y"]) for t in study.trials) == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    assert {t.state.name for t in study.trials if t.params["x"] == 3} == {"FAIL"} and study.best_value == 2.0
+    assert all(job["z"] == "5" and job["optuna_trial"].isdigit() for job in sweeper.launcher.jobs)
+    again = sweeper_on(tmp_path, n_trials=10, sampler={"name": "grid"}, params={"x": "choice(1, 3)"})
+    again.sweep(["y=range(0, 2)"])
+    assert again.launcher.jobs == []  # the grid is run: nothing owed
+
+
+def test_a_resumed_search_runs_only_the_trials_owed_with_a_reseeded_sampler(tmp_path):
+    first = sweeper_on(tmp_path, n_trials=3, sampler={"name": "random", "seed": 1}, params={"x": "interval(0, 1)"})
+    first.sweep(["y=0"])
+    more = sweeper_on(tmp_path, n_trials=5, sampler={"name": "random", "seed": 1}, params={"x": "interval(0, 1)"})
+    more.sweep(["y=0"])
+    assert len(first.launcher.jobs) == 3 and len(more.launcher.jobs) == 2
+    drawn = [job["x"] for job in first.launcher.jobs + more.launcher.jobs]
+    assert len(set(drawn)) == 5  # reseeded with seed + 3: no replay of the first three
+
+
 def test_pareto_front_of_a_two_objective_sweep(tmp_path):
     """acc up, loss down: configuration 2 is beaten by 0 on both; 0 and 1 trade one for the other."""
     for num, (acc, loss) in enumerate(((0.9, 0.3), (0.8, 0.2), (0.85, 0.35))):

@@ -68,6 +68,8 @@ class OptunaSweeper:
         space = SearchSpace(self.params, arguments)
         study = self._study(space)
         owed = self.n_trials if self.dry_run else self._resume(study, space, sweep_dir)
+        if type(study.sampler).__name__ == "GridSampler":
+            owed = min(owed, _grid_left(study, space))
         if owed == 0:
             log.info("study %r has all its trials; nothing to run", self.study_name)
             return
@@ -149,7 +151,7 @@ class OptunaSweeper:
                 study.tell(trial, [0.0] * len(self.directions))
                 continue
             state, values, error = trial_outcome(ret, sweep_dir / str(trial.number), len(self.directions))
-            study.tell(trial, values, state=state)
+            _tell(study, trial, values, state)
             if error:
                 log.warning("trial %d failed: %s", trial.number, error)
 
@@ -167,6 +169,22 @@ class OptunaSweeper:
             log.info("best trial %d: %s=%.4g %s", best[0].number, self._metrics()[0], best[0].value, best[0].params)
         else:
             log.info("Pareto front of study %r: trials %s", self.study_name, [t.number for t in best])
+
+
+def _grid_left(study: optuna.Study, space: SearchSpace) -> int:
+    """Grid points no trial has taken yet: a grid search ends when its grid is run, whatever n_trials says."""
+    size = math.prod(len(values) for values in space.grid().values())
+    return max(size - len(study.get_trials(deepcopy=False)), 0)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None, state: Any) -> None:
+    """study.tell; the grid sampler's request to stop once its grid is run (Study.stop, which only an optimize()
+    loop accepts) is no error here: the sweep counts the grid points itself (`_grid_left`)."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def _values(returned: Any) -> list[float] | None:
