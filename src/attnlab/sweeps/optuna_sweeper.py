@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -83,15 +83,13 @@ class OptunaSweeper:
         """The stored study (created on the first run), or an in-memory one for a dry run."""
         import optuna
 
-        objective = self.config.get("objective")
-        n_objectives = len(objective) if isinstance(objective, ListConfig) else 1
-        if n_objectives != len(self.directions):
-            raise SweepConfigError(f"objective has {n_objectives} metric(s) but hydra.sweeper.direction has "
-                              f"{len(self.directions)}; give one direction per metric")
+        if len(self._metrics()) != len(self.directions):
+            raise SweepConfigError(f"objective has {len(self._metrics())} metric(s) but hydra.sweeper.direction has "
+                                   f"{len(self.directions)}; give one direction per metric")
         pruner = build_pruner(self.pruner)
         if len(self.directions) > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
             raise SweepConfigError("pruning needs a single objective (Optuna cannot prune a multi-objective trial); "
-                              "set hydra.sweeper.pruner.name=none or one objective")
+                                   "set hydra.sweeper.pruner.name=none or one objective")
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # attnlab logs each trial itself
         storage = None if self.dry_run else self.storage
         if self.dry_run:
@@ -123,7 +121,8 @@ class OptunaSweeper:
             study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %d had been pruned before the interruption: told PRUNED", trial.number)
             return
-        values = _values([job.metrics.get(m, math.nan) for m in self._metrics()]) if job and job.status == "completed" else None
+        finished = job is not None and job.status == "completed"
+        values = _values([job.metrics.get(m, math.nan) for m in self._metrics()]) if finished else None
         if values is not None:
             study.tell(trial.number, values)
             log.info("trial %d had completed before the interruption: told %s=%s", trial.number, self._metrics(), values)
@@ -136,6 +135,7 @@ class OptunaSweeper:
                 "type": "Interrupted", "message": "the sweep was killed during this trial; the resumed sweep ran another in its place"})
 
     def _metrics(self) -> list[str]:
+        """The objective's metric names: one, or several for a multi-objective search."""
         objective = self.config.get("objective")
         return [str(m) for m in objective] if isinstance(objective, ListConfig) else [str(objective)]
 
