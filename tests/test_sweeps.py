@@ -224,6 +224,8 @@ def test_search_space_parses_hydras_sweep_syntax_to_optuna_distributions():
     assert space.fixed == ["trainer.max_epochs=3", "seed=5", "+tags=[a]"]  # the command line after the config
     assert space.job_overrides({"model.dropout": 0.2, "data.batch_size": 64}) == [*space.fixed, "model.dropout=0.2", "data.batch_size=64"]
     assert SearchSpace({}, ["+extra=choice(1,2)"]).job_overrides({"extra": 2}) == ["+extra=2"]
+    nested = SearchSpace({"model.dropout": "interval(0.0, 0.5)", "model": {"dropout": "interval(0, 0.1)"}}, [])
+    assert nested.distributions == {"model.dropout": FloatDistribution(0, 0.1)}  # +hydra.sweeper.params.model.dropout=...
 
 
 def test_grid_sampler_takes_its_grid_from_choices_and_ranges():

@@ -43,7 +43,7 @@ class SearchSpace:
 
     def __init__(self, params: Mapping[str, Any] | None, arguments: list[str]) -> None:
         parser = OverridesParser.create()
-        lines = [f"{key}={_as_text(value)}" for key, value in (params or {}).items()]
+        lines = [f"{key}={_as_text(value)}" for key, value in _flat(params or {}).items()]
         chosen: dict[str, Override] = {}
         for override in [*parser.parse_overrides(lines), *parser.parse_overrides(arguments)]:  # command line wins
             key = override.key_or_group + (f"@{override.package}" if override.package else "")  # no +/++ prefix
@@ -67,9 +67,21 @@ class SearchSpace:
         return {key: list(o.sweep_iterator()) for key, o in self.sweeps.items()}
 
 
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """params as {dotted key: value}. The yaml writes `model.dropout: ...`, while the command line
+    `+hydra.sweeper.params.model.dropout=...` nests it as {model: {dropout: ...}}; the later one wins."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, (DictConfig, dict)):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _as_text(value: Any) -> str:
     """A config value as an override's right-hand side (YAML gives numbers and lists, the command line strings)."""
-    if isinstance(value, (DictConfig, dict)) or OmegaConf.is_list(value) or isinstance(value, list):
+    if OmegaConf.is_list(value) or isinstance(value, list):
         raise SweepConfigError(f"hydra.sweeper.params: {value!r} is no override value; write choice(...), range(...), "
                           "interval(a, b), tag(log, interval(a, b)), a,b or a plain value")
     return str(value).lower() if isinstance(value, bool) else str(value)
