@@ -65,7 +65,7 @@ def distribution(module: str) -> str:
     """The distribution that provides a module (namespace packages such as hydra_plugins by their sub-package)."""
     parts = module.split(".")
     if parts[0] == "hydra_plugins":
-        return canonical(parts[1])  # hydra_optuna_sweeper -> hydra-optuna-sweeper
+        return canonical(parts[1])  # hydra_joblib_launcher -> hydra-joblib-launcher
     dists = _providers().get(parts[0])
     assert dists, f"{module}: no installed distribution provides it"
     return canonical(dists[0])
