@@ -65,7 +65,7 @@ def distribution(module: str) -> str:
     """The distribution that provides a module (namespace packages such as hydra_plugins by their sub-package)."""
     parts = module.split(".")
     if parts[0] == "hydra_plugins":
-        return canonical(parts[1])  # hydra_optuna_sweeper -> hydra-optuna-sweeper
+        return canonical(parts[1])  # hydra_joblib_launcher -> hydra-joblib-launcher
     dists = _providers().get(parts[0])
     assert dists, f"{module}: no installed distribution provides it"
     return canonical(dists[0])
@@ -87,7 +87,7 @@ def third_party() -> dict[str, dict[str, list[str]]]:
 def test_every_imported_distribution_is_declared():
     core, extras = declared()
     used = third_party()
-    assert {"torch", "lightning", "tokenizers", "hydra-optuna-sweeper", "optuna", "transformers"} <= set(used)
+    assert {"torch", "lightning", "tokenizers", "hydra-core", "optuna", "transformers"} <= set(used)
     missing = {d: uses for d, uses in used.items() if d not in core and d not in extras}
     assert not missing, f"imported but not in pyproject.toml's dependencies or extras: {missing}"
 
@@ -111,6 +111,16 @@ def test_requirement_pins_satisfy_pyproject():
             continue
         assert canonical(req.name) in pins, f"{req.name} is declared in pyproject.toml but not pinned in requirements.txt"
         assert req.specifier.contains(pins[canonical(req.name)], prereleases=True), f"{req.name}=={pins[canonical(req.name)]} is outside {spec}"
+
+
+def test_sweeps_run_on_current_optuna_without_hydras_optuna_plugin():
+    """attnlab's own sweeper replaced hydra-optuna-sweeper, whose optuna<3 held Optuna at 2.10 and SQLAlchemy at 1.4."""
+    pins = {canonical(Requirement(line.split("#")[0]).name): Requirement(line.split("#")[0]).specifier
+            for line in (REPO / "requirements.txt").read_text().splitlines() if line.split("#")[0].strip()}
+    assert "hydra-optuna-sweeper" not in pins and "hydra-optuna-sweeper" not in str(project())
+    assert not pins["optuna"].contains("2.10.1") and pins["optuna"].contains("5.1.0")
+    assert not pins["sqlalchemy"].contains("1.4.54") and next(iter(pins["sqlalchemy"])).version.startswith("2.")
+    assert not any(canonical(Requirement(r).name) == "optuna-dashboard" for r in project()["dependencies"])  # an extra
 
 
 @pytest.mark.parametrize("name", ["torch"])

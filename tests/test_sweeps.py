@@ -147,6 +147,9 @@ def test_optuna_history_plot(tmp_path):
         study.tell(trial, value, state=optuna.trial.TrialState.COMPLETE if value else optuna.trial.TrialState.FAIL)
     path = optuna_history(tmp_path / "optuna.db", tmp_path / "history.png", "val/acc_best")
     assert path is not None and path.stat().st_size > 1000
+    pareto = optuna.create_study(study_name="p", storage=f"sqlite:///{tmp_path / 'pareto.db'}", directions=["maximize", "minimize"])
+    pareto.tell(pareto.ask(), [0.9, 0.1])
+    assert optuna_history(tmp_path / "pareto.db", tmp_path / "pareto.png") is None  # the front is in summary.md
 
 
 def composed(overrides):
@@ -159,9 +162,10 @@ def composed(overrides):
 def test_optuna_search_config():
     cfg = composed(["experiment=mnist_cnn", "hparams_search=mnist_optuna", "hydra.sweep.dir=/tmp/sweeps/search"])
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_ == "hydra_plugins.attnlab_optuna.ResumableOptunaSweeper"
+    assert sweeper._target_ == "hydra_plugins.attnlab_optuna.OptunaSweeper"
     assert sweeper.storage == "sqlite:////tmp/sweeps/search/optuna.db" and sweeper.sampler.seed == 1234
-    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0 and sweeper.n_jobs == 1
+    assert sweeper.sampler.name == "tpe" and sweeper.pruner.name == "none"
+    assert sweeper.direction == "maximize" and sweeper.n_jobs == 1
     assert cfg.objective == "val/acc_best" and cfg.hydra.mode.name == "MULTIRUN"
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "data.batch_size"}
 
@@ -184,26 +188,158 @@ def test_launcher_presets_compose():
     assert cfg.dry_run is False and cfg.torch_threads is None
 
 
-def test_a_nan_return_becomes_a_failed_trial_with_the_jobs_error(tmp_path):
+def test_a_job_outcome_becomes_the_trials_state(tmp_path):
+    """NaN (a failed job) is FAIL with the job's error, a manifest saying pruned is PRUNED, a number COMPLETE."""
+    import optuna
     from hydra.core.utils import JobReturn, JobStatus
 
-    from attnlab.sweeps.optuna_sweeper import TrialFailed, _Launcher
+    from attnlab.sweeps.optuna_sweeper import trial_outcome
 
+    State = optuna.trial.TrialState
     make_job(tmp_path, 0, ["optimizer.lr=-1"], status="failed", error={"type": "ValueError", "message": "Invalid learning rate: -1"})
-    returns = []
-    for num, value in ((0, float("nan")), (1, 0.9)):
-        ret = JobReturn(status=JobStatus.COMPLETED, _return_value=value)
-        ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / str(num))}}})
-        returns.append(ret)
+    make_job(tmp_path, 1, ["optimizer.lr=1"], status="pruned")
+    make_job(tmp_path, 2, ["optimizer.lr=2"])
+    ret = lambda value: JobReturn(status=JobStatus.COMPLETED, _return_value=value)  # noqa: E731
+    state, values, error = trial_outcome(ret(float("nan")), tmp_path / "0", 1)
+    assert state == State.FAIL and values is None and "ValueError: Invalid learning rate: -1" in error
+    assert trial_outcome(ret(None), tmp_path / "1", 1) == (State.PRUNED, None, None)
+    assert trial_outcome(ret(0.9), tmp_path / "2", 1) == (State.COMPLETE, [0.9], None)
+    assert trial_outcome(ret([0.9, 0.1]), tmp_path / "2", 2) == (State.COMPLETE, [0.9, 0.1], None)
+    assert trial_outcome(ret(0.9), tmp_path / "2", 2)[0] == State.FAIL  # one value for two objectives
 
-    class Fake:
-        def launch(self, job_overrides, initial_job_idx):
-            return returns
 
-    failed, done = _Launcher(Fake(), dry_run=False).launch([[], []], initial_job_idx=0)
-    assert failed.status == JobStatus.FAILED and done.return_value == 0.9
-    with pytest.raises(TrialFailed, match="ValueError: Invalid learning rate: -1"):
-        failed.return_value  # what the plugin reads: it marks the trial FAIL and logs this message
+def test_search_space_parses_hydras_sweep_syntax_to_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from attnlab.sweeps.search import SearchSpace
+
+    params = {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.dropout": "interval(0.0, 0.5)",
+              "data.batch_size": "choice(64, 128, 256)", "model.n_layers": "range(1, 7, 2)", "trainer.max_epochs": 3,
+              "model.d_model": "interval(16, 64)"}
+    space = SearchSpace(params, ["seed=5", "model.dropout=0.1,0.2", "+tags=[a]"])
+    assert space.distributions == {
+        "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True), "model.dropout": CategoricalDistribution([0.1, 0.2]),
+        "data.batch_size": CategoricalDistribution([64, 128, 256]), "model.n_layers": IntDistribution(1, 5, step=2),
+        "model.d_model": FloatDistribution(16, 64)}  # Hydra reads interval bounds as floats
+    assert space.fixed == ["trainer.max_epochs=3", "seed=5", "+tags=[a]"]  # the command line after the config
+    assert space.job_overrides({"model.dropout": 0.2, "data.batch_size": 64}) == [*space.fixed, "model.dropout=0.2", "data.batch_size=64"]
+    assert SearchSpace({}, ["+extra=choice(1,2)"]).job_overrides({"extra": 2}) == ["+extra=2"]
+    nested = SearchSpace({"model.dropout": "interval(0.0, 0.5)", "model": {"dropout": "interval(0, 0.1)"}}, [])
+    assert nested.distributions == {"model.dropout": FloatDistribution(0, 0.1)}  # +hydra.sweeper.params.model.dropout=...
+
+
+def test_grid_sampler_takes_its_grid_from_choices_and_ranges():
+    from attnlab.sweeps.search import SearchSpace, build_sampler
+
+    space = SearchSpace({"data.batch_size": "choice(64, 128)", "model.n_layers": "range(1, 4)"}, [])
+    assert space.grid() == {"data.batch_size": [64, 128], "model.n_layers": [1, 2, 3]}
+    assert type(build_sampler({"name": "grid", "seed": 1}, space)).__name__ == "GridSampler"
+    with pytest.raises(ConfigError, match="sampler grid needs choice.*model.dropout is an interval"):
+        build_sampler({"name": "grid"}, SearchSpace({"model.dropout": "interval(0, 0.5)"}, []))
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", "TPESampler"), ("random", "RandomSampler"), ("gp", "GPSampler"),
+                                       ("cmaes", "CmaEsSampler"), ("nsgaii", "NSGAIISampler"), ("grid", "GridSampler")])
+def test_every_sampler_builds_by_name_with_its_seed(name, cls):
+    import optuna
+
+    from attnlab.sweeps.search import SearchSpace, build_sampler
+
+    space = SearchSpace({"x": "choice(1, 2, 3)"}, [])
+    sampler = build_sampler(OmegaConf.create({"name": name, "seed": 7}), space, reseed=3)
+    assert type(sampler).__name__ == cls
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda trial: float(trial.suggest_categorical("x", [1, 2, 3])), n_trials=2)
+    assert len(study.trials) == 2
+
+
+def test_a_sampler_or_pruner_option_is_checked_with_one_line_naming_the_choices():
+    from attnlab.sweeps.search import SearchSpace, build_pruner, build_sampler
+
+    space = SearchSpace({}, [])
+    with pytest.raises(ConfigError, match="unknown sampler 'bayes'; choose one of: tpe, random, gp, cmaes, nsgaii, grid"):
+        build_sampler({"name": "bayes"}, space)
+    with pytest.raises(ConfigError, match="unknown option 'n_startup' for sampler tpe; choose from: .*n_startup_trials"):
+        build_sampler({"name": "tpe", "n_startup": 3}, space)
+    assert build_sampler({"name": "tpe", "n_startup_trials": 3, "seed": 1}, space)._n_startup_trials == 3
+    with pytest.raises(ConfigError, match="unknown pruner 'early'; choose one of: none, median, percentile, hyperband"):
+        build_pruner({"name": "early"})
+    median = build_pruner({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    assert type(median).__name__ == "MedianPruner" and median._n_startup_trials == 2 and median._n_warmup_steps == 1
+    assert type(build_pruner({"name": "hyperband", "n_startup_trials": None})).__name__ == "HyperbandPruner"  # null: default
+    assert type(build_pruner(None)).__name__ == "NopPruner"
+
+
+class FakeLauncher:
+    """Hydra's launcher, in-process and instant: a job's value is x + y of its overrides, NaN (failed) when x=3."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        returns = []
+        for overrides in job_overrides:
+            params = dict(o.lstrip("+").split("=", 1) for o in overrides)
+            self.jobs.append(params)
+            value = math.nan if params["x"] == "3" else float(params["x"]) + float(params["y"])
+            returns.append(JobReturn(status=JobStatus.COMPLETED, _return_value=value))
+        return returns
+
+
+def sweeper_on(tmp_path, *, n_trials, sampler, params):
+    from attnlab.sweeps.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+                            n_trials=n_trials, n_jobs=2, sampler=sampler, params=params)
+    sweeper.config = OmegaConf.create({"objective": "val/acc", "dry_run": False, "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.dry_run, sweeper.launcher = False, FakeLauncher()
+    return sweeper
+
+
+def test_grid_search_runs_its_grid_once_and_a_failed_job_is_a_failed_trial(tmp_path):
+    import optuna
+
+    sweeper = sweeper_on(tmp_path, n_trials=10, sampler={"name": "grid", "seed": 0}, params={"x": "choice(1, 3)"})
+    sweeper.sweep(["y=range(0, 2)", "z=5"])  # 4 grid points, though 10 trials were asked for
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted((t.params["x"], t.params["y"]) for t in study.trials) == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    assert {t.state.name for t in study.trials if t.params["x"] == 3} == {"FAIL"} and study.best_value == 2.0
+    assert all(job["z"] == "5" and job["optuna_trial"].isdigit() for job in sweeper.launcher.jobs)
+    again = sweeper_on(tmp_path, n_trials=10, sampler={"name": "grid"}, params={"x": "choice(1, 3)"})
+    again.sweep(["y=range(0, 2)"])
+    assert again.launcher.jobs == []  # the grid is run: nothing owed
+
+
+def test_a_resumed_search_runs_only_the_trials_owed_with_a_reseeded_sampler(tmp_path):
+    first = sweeper_on(tmp_path, n_trials=3, sampler={"name": "random", "seed": 1}, params={"x": "interval(0, 1)"})
+    first.sweep(["y=0"])
+    more = sweeper_on(tmp_path, n_trials=5, sampler={"name": "random", "seed": 1}, params={"x": "interval(0, 1)"})
+    more.sweep(["y=0"])
+    assert len(first.launcher.jobs) == 3 and len(more.launcher.jobs) == 2
+    drawn = [job["x"] for job in first.launcher.jobs + more.launcher.jobs]
+    assert len(set(drawn)) == 5  # reseeded with seed + 3: no replay of the first three
+
+
+def test_pareto_front_of_a_two_objective_sweep(tmp_path):
+    """acc up, loss down: configuration 2 is beaten by 0 on both; 0 and 1 trade one for the other."""
+    for num, (acc, loss) in enumerate(((0.9, 0.3), (0.8, 0.2), (0.85, 0.35))):
+        job = make_job(tmp_path, num, [f"optimizer.lr={num}"], metrics={"val/acc_best": acc, "val/loss": loss}, seed=1)
+        OmegaConf.save(OmegaConf.create({"objective": ["val/acc_best", "val/loss"], "monitor": {"metric": "val/acc"}}),
+                       job / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"direction": ["maximize", "minimize"]}}}), tmp_path / "multirun.yaml")
+    jobs = sweeps.collect(tmp_path)
+    goals = sweeps.objectives(tmp_path, jobs)
+    assert goals == [("val/acc_best", "max"), ("val/loss", "min")]
+    assert [r.params["optimizer.lr"] for r in sweeps.pareto_front(sweeps.aggregate(jobs), goals)] == ["0", "1"]
+    csv_path, md_path = sweep_summary.write_summary(tmp_path)
+    md = md_path.read_text()
+    front = md[md.index("## Pareto front"):]
+    assert "| optimizer.lr=0 | 0 | 0.9 | 0.3 |" in front and "| optimizer.lr=1 | 1 | 0.8 | 0.2 |" in front
+    assert "optimizer.lr=2" not in front
+    with csv_path.open() as f:
+        assert [row["pareto"] for row in csv.DictReader(f)] == ["True", "True", "False"]
 
 
 def resolved_task_config(task: str, data: str) -> dict:

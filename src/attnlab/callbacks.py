@@ -203,3 +203,44 @@ def without_validation(cfg: DictConfig) -> dict[str, DictConfig]:
         else:
             log.warning("validation is off (%s): callbacks.%s (monitors %s) steps aside", reason, key, node.monitor)
     return kept
+
+
+class TrialPruning(Callback):
+    """Report the monitored validation metric to this job's Optuna trial each validation epoch, and stop training
+    when the study's pruner judges the trial hopeless (the sweeper then tells the trial PRUNED)."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.pruned_epoch: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero and self.metric in trainer.callback_metrics:
+            value = float(trainer.callback_metrics[self.metric])
+            self.trial.report(value, step=trainer.current_epoch)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):  # every rank stops together
+            self.pruned_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            log.info("trial %d pruned after epoch %d: %s is behind the other trials", self.trial.number,
+                     trainer.current_epoch, self.metric)
+
+
+def trial_pruning(cfg: DictConfig) -> list[Callback]:
+    """A TrialPruning for a sweep job whose search prunes (the sweeper passes `+optuna_trial=<number>`); the trial is
+    read from the study's storage, so a job in another process (joblib, SLURM) finds it too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from attnlab.sweeps.search import build_pruner, load_trial
+
+    if cfg.get("optuna_trial") is None or not HydraConfig.initialized():
+        return []
+    sweeper = HydraConfig.get().sweeper
+    pruner = build_pruner(sweeper.get("pruner"))
+    if type(pruner).__name__ == "NopPruner":
+        return []
+    trial = load_trial(str(sweeper.storage), str(sweeper.study_name), int(cfg.optuna_trial), pruner)
+    return [TrialPruning(trial, str(cfg.monitor.metric))]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def repo_root() -> Path:
@@ -81,8 +81,15 @@ def _monitor_mode(metric: str, *, _root_: DictConfig) -> str:
     return mode
 
 
-def _objective_direction(metric: str, *, _root_: DictConfig) -> str:
-    """`${attnlab_direction:${objective}}`: 'maximize' | 'minimize' for a sweeper, from the task's stated directions."""
+def _objective_direction(metric: Any, *, _root_: DictConfig) -> str | list[str]:
+    """`${attnlab_direction:${objective}}`: 'maximize' | 'minimize' for a sweeper, from the task's stated directions;
+    a list of them for a list of metrics (a multi-objective search), in the same order."""
+    if isinstance(metric, (list, tuple, ListConfig)):
+        return [_metric_direction(str(m), _root_) for m in metric]
+    return _metric_direction(str(metric), _root_)
+
+
+def _metric_direction(metric: str, _root_: DictConfig) -> str:
     if metric.removesuffix("_best") == OmegaConf.select(_root_, "monitor.metric", default=None):
         mode = OmegaConf.select(_root_, "monitor.mode", default=None)
     else:

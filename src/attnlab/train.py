@@ -13,11 +13,11 @@ import torch
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnlab import build, runs, sweeps
 from attnlab.adapters import ADAPTER_DIR, is_peft, parameter_counts, save_adapter
-from attnlab.callbacks import AverageCheckpoints, EpochSeed, without_validation
+from attnlab.callbacks import AverageCheckpoints, EpochSeed, TrialPruning, trial_pruning, without_validation
 from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
 from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
@@ -115,7 +115,8 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     )
     callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in without_validation(cfg).items()]
     averaging = [AverageCheckpoints(int(cfg.average_last))] if cfg.get("average_last") else []
-    return [c for c in callbacks if not isinstance(c, switched_off)] + [EpochSeed(cfg.seed), *averaging]
+    kept = [c for c in callbacks if not isinstance(c, switched_off)]
+    return kept + [EpochSeed(cfg.seed), *averaging, *trial_pruning(cfg)]
 
 
 def cpu_has_native_bf16() -> bool | None:
@@ -138,8 +139,9 @@ def _warn_emulated_bf16(trainer: L.Trainer) -> None:
 
 def fit_and_test(
     cfg: DictConfig, run: runs.Run, *, ckpt_path: Path | None, previous_ids: dict[str, str], init_from: Path | None = None
-) -> dict[str, Any]:
-    """Build everything (the model from `init_from`'s weights when given), fit, test; returns the final metrics."""
+) -> tuple[dict[str, Any], str]:
+    """Build everything (the model from `init_from`'s weights when given), fit, test; returns the final metrics and
+    the run's status: `completed`, or `pruned` when a search's pruner stopped it (then it is not tested)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
     loaded: list[runs.WeightMatch] = []
@@ -166,6 +168,8 @@ def fit_and_test(
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {k: v for k, v in trainer.callback_metrics.items() if not k.startswith("test/")}
+    if pruned(trainer):
+        return metrics, "pruned"
     if cfg.get("peft"):  # what fine-tuning trained, beside its scores
         counts = parameter_counts(task.model)
         metrics.update(trainable_params=counts["trainable_params"], total_params=counts["total_params"])
@@ -186,7 +190,12 @@ def fit_and_test(
             task.figures_dir = run.dir / runs.PLOTS / "averaged"
             results = trainer.test(task, datamodule=datamodule, ckpt_path=averaged, weights_only=True)
             metrics.update({f"averaged/{k}": v for per_loader in results for k, v in per_loader.items()})
-    return metrics
+    return metrics, "completed"
+
+
+def pruned(trainer: L.Trainer) -> bool:
+    """True when the search's pruner stopped this run (see callbacks.TrialPruning)."""
+    return any(isinstance(c, TrialPruning) and c.pruned_epoch is not None for c in trainer.callbacks)
 
 
 def dry_run(cfg: DictConfig) -> None:
@@ -236,8 +245,9 @@ def _plan(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None, str]:
     return cfg, run_dir, _start_checkpoint(cfg), "start"
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Entry of `app/train.py`; returns the objective (`cfg.objective`) for hyperparameter search."""
+def train(cfg: DictConfig) -> float | list[float] | None:
+    """Entry of `app/train.py`; returns the objective (`cfg.objective`: a value, or a list for a list of metrics)
+    for hyperparameter search."""
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("dry_run"):
@@ -256,7 +266,7 @@ def train(cfg: DictConfig) -> float | None:
             run.start(cfg, run_id=run_id, group=group, root=repo_root(), overrides=list(HydraConfig.get().overrides.task))
     log.info("run directory: %s (torch threads: %d)", run_dir, torch.get_num_threads())
     try:
-        metrics = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids, init_from=init_from)
+        metrics, status = fit_and_test(cfg, run, ckpt_path=ckpt_path, previous_ids=previous_ids, init_from=init_from)
     except BaseException as err:
         finish_tracker_runs(ok=False)
         if _is_rank_zero():
@@ -264,9 +274,9 @@ def train(cfg: DictConfig) -> float | None:
         raise
     finish_tracker_runs(ok=True)
     if _is_rank_zero():
-        run.finish("completed", metrics=metrics)
+        run.finish(status, metrics=metrics)
         log.info("final metrics: %s", {k: round(float(v), 5) for k, v in sorted(metrics.items()) if not isinstance(v, str)})
-    return _objective(cfg, metrics)
+    return None if status == "pruned" else _objective(cfg, metrics)  # the sweeper reads `pruned` from the manifest
 
 
 def _is_interrupt(err: BaseException) -> bool:
@@ -276,10 +286,14 @@ def _is_interrupt(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "SIGTERMException"
 
 
-def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+def _objective(cfg: DictConfig, metrics: dict[str, Any]) -> float | list[float] | None:
+    """The objective's value, or its values in order for a list of metrics (a multi-objective search)."""
     objective = cfg.get("objective")
     if not objective:
         return None
-    if objective not in metrics:
-        raise ConfigError(f"objective {objective!r} was not logged; logged: {', '.join(sorted(metrics))}")
-    return float(metrics[objective])
+    names = [str(m) for m in objective] if isinstance(objective, ListConfig) else [str(objective)]
+    missing = [m for m in names if m not in metrics]
+    if missing:
+        raise ConfigError(f"objective {missing[0]!r} was not logged; logged: {', '.join(sorted(metrics))}")
+    values = [float(metrics[m]) for m in names]
+    return values if isinstance(objective, ListConfig) else values[0]

@@ -1,7 +1,6 @@
-"""Hydra takes sweepers only from the `hydra_plugins` namespace: attnlab's resumable Optuna sweeper is declared
-here and lives in `attnlab.sweeps.optuna_sweeper`. Hydra imports this module at every start (`--cfg job` too), so it
-imports Hydra's Sweeper base only and loads the implementation when a sweep builds the sweeper, as Hydra's own
-Optuna plugin does with its `_impl`."""
+"""Hydra takes sweepers only from the `hydra_plugins` namespace: attnlab's Optuna sweeper is declared here and
+lives in `attnlab.sweeps.optuna_sweeper`. Hydra imports this module at every start (`--cfg job` too), so it imports
+Hydra's Sweeper base only and loads the implementation (and optuna) when a sweep builds the sweeper."""
 
 from typing import Any
 
@@ -10,11 +9,12 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
-class ResumableOptunaSweeper(Sweeper):
-    """hydra-optuna-sweeper that records failed trials and resumes its study; see attnlab.sweeps.optuna_sweeper."""
+class OptunaSweeper(Sweeper):
+    """Optuna search with failed trials recorded, resume, pruning and several objectives; see
+    attnlab.sweeps.optuna_sweeper."""
 
     def __init__(self, **config: Any) -> None:
-        from attnlab.sweeps.optuna_sweeper import ResumableOptunaSweeper as Implementation
+        from attnlab.sweeps.optuna_sweeper import OptunaSweeper as Implementation
 
         self.sweeper = Implementation(**config)
 

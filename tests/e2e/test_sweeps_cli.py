@@ -1,5 +1,5 @@
 """Sweeps as users run them: a failing job, a grid resumed in place after a kill, an Optuna search killed and resumed,
-the dry run, parallel jobs, and the sweep plots. Every job is tiny: fake MNIST, 2 training batches."""
+Optuna pruning and a two-objective search, the dry run, parallel jobs, and the sweep plots. Every job is tiny: fake MNIST, 2 training batches."""
 
 import json
 import re
@@ -96,6 +96,69 @@ def test_optuna_search_killed_and_resumed_completes_its_trial_budget(cli, tmp_pa
 
     cli("viz/plot.py", f"sweep={sweep}")
     assert (sweep / "plots" / "optuna_history.png").is_file() and (sweep / "plots" / "sweep_optimizer.weight_decay.png").is_file()
+
+
+def test_pruning_stops_hopeless_trials(cli):
+    """lr log-uniform over 1e-6..1e-1: the median pruner stops trials whose val/acc trails the others' at an epoch."""
+    import optuna
+
+    sweep = cli.results / "sweeps" / "pruned"
+    cli("app/train.py", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=5", "hydra.sweeper.sampler.seed=3",
+        "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=2", "optimizer.lr=tag(log,interval(1e-6,1e-1))",
+        "optimizer.weight_decay=0", "model.dropout=0", "data.batch_size=32", *TINY, "trainer.max_epochs=3", f"hydra.sweep.dir={sweep}")
+    trials = optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    pruned = [t.number for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(manifest(sweep / str(n))["status"] == "pruned" for n in pruned), [t.state.name for t in trials]
+    assert all(t.intermediate_values for t in trials)  # every trial reported its val/acc per epoch
+    assert all(manifest(sweep / str(t.number))["status"] == "completed" for t in trials if t.state.name == "COMPLETE")
+    md = (sweep / "summary.md").read_text()
+    assert f"{len(pruned)} pruned" in md and "failed" not in md.split("\n")[3]  # the jobs line counts them apart
+    assert f"| {pruned[0]} | " in md.split("## Jobs not completed")[1]
+
+
+def test_pruning_with_jobs_in_other_processes(cli):
+    """joblib runs each job in a worker process: the job finds its trial in the sqlite storage. Trials 0 and 1 run
+    in full (n_startup_trials=2), so the pruner judges trials 2 and 3 against finished ones only: deterministic."""
+    import optuna
+
+    sweep = cli.results / "sweeps" / "pruned_joblib"
+    cli("app/train.py", "hparams_search=mnist_optuna", "hydra/launcher=local_parallel", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=3", "hydra.sweeper.pruner.name=median",
+        "hydra.sweeper.pruner.n_startup_trials=2", "optimizer.lr=tag(log,interval(1e-6,1e-1))", "optimizer.weight_decay=0",
+        "model.dropout=0", "data.batch_size=32", *TINY, "trainer.max_epochs=3", f"hydra.sweep.dir={sweep}")
+    trials = optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert [t.state.name for t in trials[:2]] == ["COMPLETE", "COMPLETE"]
+    pruned = [t.number for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(manifest(sweep / str(n))["status"] == "pruned" for n in pruned)
+    assert all(len(t.intermediate_values) < 3 for t in trials if t.state.name == "PRUNED")  # stopped before the last epoch
+
+
+def test_optuna_dry_run_and_a_bad_sampler(cli):
+    sweep = cli.results / "sweeps" / "dry"
+    out = cli("app/train.py", "hparams_search=mnist_optuna", "dry_run=true", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}")
+    assert len(re.findall(r"dry run ok: mnist_cnn \[.*optimizer\.lr=", out.stdout)) == 2
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # no study stored, no run recorded
+    bad = cli("app/train.py", "hparams_search=mnist_optuna", "hydra.sweeper.sampler.name=bayes", f"hydra.sweep.dir={sweep}2", expect=2)
+    assert bad.stderr.strip() == "error: unknown sampler 'bayes'; choose one of: tpe, random, gp, cmaes, nsgaii, grid"
+
+
+def test_two_objective_search_writes_its_pareto_front(cli):
+    import optuna
+
+    sweep = cli.results / "sweeps" / "pareto"
+    cli("app/train.py", "hparams_search=mnist_optuna", "objective=[val/acc_best,val/loss]", "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.name=nsgaii", "optimizer.lr=choice(0.01,0.001,0.0001)", *TINY, f"hydra.sweep.dir={sweep}")
+    study = optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 and all(len(t.values) == 2 for t in study.trials)
+    md = (sweep / "summary.md").read_text()
+    front = md.split("## Pareto front")[1].split("##")[0]
+    assert "`val/acc_best` (max), `val/loss` (min)" in front
+    on_front = {t.number for t in study.best_trials}  # Optuna's front equals the summary's (one seed per configuration)
+    assert on_front and all(f"| {','.join([str(n)])} |" in front for n in on_front)
+    assert sum(line.startswith("| optimizer.lr=") for line in front.splitlines()) == len(on_front)
+    header = (sweep / "summary.csv").read_text().splitlines()[0].split(",")
+    assert "pareto" in header
 
 
 def test_dry_run_catches_a_bad_override_in_seconds(cli):

@@ -143,7 +143,7 @@ class Run:
         write_json(self.manifest_path, manifest)
 
     def finish(self, status: str, *, metrics: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
-        """Record the final status (`completed`, `failed`, `interrupted`) and metrics."""
+        """Record the final status (`completed`, `pruned` by a search's pruner, `failed`, `interrupted`) and metrics."""
         fields: dict[str, Any] = {"status": status, "end": _now()}
         if error is not None:
             fields["error"] = describe_error(error)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attnlab import runs
@@ -27,7 +27,7 @@ from attnlab.config import metric_mode
 from attnlab.errors import ConfigError, RunError
 
 log = logging.getLogger("attnlab")
-_FOLDED = ("seed", "resume")  # overrides that do not make a new configuration
+_FOLDED = ("seed", "resume", "optuna_trial")  # overrides that do not make a new configuration
 _NOT_MAIN = re.compile(r"(^epoch$|^lr-|/lr(/|$)|acc_class/|per_sec|time|_step$|_epoch$)")
 
 
@@ -38,7 +38,7 @@ class Job:
     num: int
     dir: Path
     overrides: list[str]
-    status: str  # completed | failed | interrupted | running (or cut off) | pending (no manifest yet)
+    status: str  # completed | pruned | failed | interrupted | running (or cut off) | pending (no manifest yet)
     seed: Any = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
@@ -150,32 +150,62 @@ def _sweep_config(sweep_dir: Path, jobs: list[Job]) -> DictConfig:
             direction = OmegaConf.select(OmegaConf.load(sweep_dir / "multirun.yaml"), "hydra.sweeper.direction", default=None)
         except OmegaConfBaseException:
             direction = None  # the task states no direction: the job's config says what is known
-        if isinstance(direction, str):
+        if isinstance(direction, (str, ListConfig)):
             cfg.sweeper_direction = direction
     return cfg
 
 
 def objective(sweep_dir: Path, jobs: list[Job]) -> tuple[str | None, str | None]:
-    """(metric, 'max' | 'min' | None) that ranks configurations: `objective` if set, else the monitored metric's best.
+    """(metric, 'max' | 'min' | None) that ranks configurations: `objective` if set (the first of a list), else the
+    monitored metric's best.
 
     The direction is the sweeper's (`hydra.sweeper.direction`) if it states one, else the task's: `monitor.mode`
     for the monitored metric, `monitor.modes` for the others. None: the task states no direction for the metric,
     and the summary says so rather than guess from the name.
     """
+    return (objectives(sweep_dir, jobs) or [(None, None)])[0]
+
+
+def objectives(sweep_dir: Path, jobs: list[Job]) -> list[tuple[str, str | None]]:
+    """(metric, direction) of every objective: several for a multi-objective search (`objective: [a, b]`)."""
     cfg = _sweep_config(sweep_dir, jobs)
     monitor = OmegaConf.select(cfg, "monitor.metric", default=None)
     metric = OmegaConf.select(cfg, "objective", default=None)
+    stated = cfg.get("sweeper_direction")
+    if isinstance(metric, ListConfig):
+        directions = list(stated) if isinstance(stated, ListConfig) else [None] * len(metric)
+        return [(str(m), _mode(cfg, str(m), d)) for m, d in zip(metric, directions)]
     if not metric and monitor:
         logged = {m for j in jobs for m in j.metrics}
         metric = f"{monitor}_best" if f"{monitor}_best" in logged else monitor
-    if not metric:
-        return None, None
-    if cfg.get("sweeper_direction"):
-        return metric, "max" if str(cfg.sweeper_direction).startswith("max") else "min"
+    return [(metric, _mode(cfg, metric, stated))] if metric else []
+
+
+def _mode(cfg: DictConfig, metric: str, stated: Any) -> str | None:
+    """A metric's direction: the sweeper's stated one, else the task's (see `objective`)."""
+    if isinstance(stated, str) and stated:
+        return "max" if stated.startswith("max") else "min"
+    monitor = OmegaConf.select(cfg, "monitor.metric", default=None)
     if monitor and metric.removesuffix("_best") == monitor:
         mode = OmegaConf.select(cfg, "monitor.mode", default=None)
-        return metric, str(mode) if mode in ("min", "max") else None
-    return metric, metric_mode(metric, OmegaConf.select(cfg, "monitor.modes", default=None))
+        return str(mode) if mode in ("min", "max") else None
+    return metric_mode(metric, OmegaConf.select(cfg, "monitor.modes", default=None))
+
+
+def pareto_front(rows: list[Row], goals: list[tuple[str, str | None]]) -> list[Row]:
+    """The configurations no other one beats on every objective (mean over completed seeds) and on one strictly;
+    rows missing an objective, or goals of unknown direction, leave nothing to compare."""
+    if not goals or any(mode is None for _, mode in goals):
+        return []
+    signs = [1.0 if mode == "max" else -1.0 for _, mode in goals]
+    scored = [(row, [s * row.stats(m)[0] for s, (m, _) in zip(signs, goals)]) for row in rows]
+    scored = [(row, score) for row, score in scored if all(math.isfinite(v) for v in score)]
+    return [row for row, score in scored if not any(_dominates(other, score) for _, other in scored)]
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """a is at least as good as b everywhere and better somewhere (larger is better)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
 def main_metrics(rows: list[Row], objective_metric: str | None) -> list[str]:
@@ -238,10 +268,17 @@ def clear_partial(job_dir: Path) -> None:
         (job_dir / name).unlink(missing_ok=True)
 
 
-def stored_objective(job_dir: Path, metric: str | None) -> float | None:
-    """A completed job's objective from its metrics.json (None without an objective; NaN if not logged)."""
+def stored_objective(job_dir: Path, metric: Any) -> float | list[float] | None:
+    """A completed job's objective from its metrics.json (None without an objective; NaN if not logged); a list of
+    values for a list of metrics."""
     if not metric:
         return None
     metrics = runs.read_json(job_dir / runs.METRICS) if (job_dir / runs.METRICS).is_file() else {}
+    if not isinstance(metric, str):
+        return [_stored(metrics, str(m)) for m in metric]
+    return _stored(metrics, metric)
+
+
+def _stored(metrics: dict[str, Any], metric: str) -> float:
     value = metrics.get(metric)
     return float(value) if value is not None else math.nan

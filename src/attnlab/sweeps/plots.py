@@ -107,7 +107,8 @@ def learning_curves(rows: list[sweeps.Row], metric: str, path: Path) -> Path | N
 
 
 def optuna_history(db: Path, path: Path, objective: str | None = None) -> Path | None:
-    """Objective per trial with the best-so-far line, from the study's sqlite file; failed trials marked."""
+    """Objective per trial with the best-so-far line, from the study's sqlite file; failed and pruned trials marked.
+    None for a multi-objective study: its Pareto front is in summary.md (and optuna-dashboard draws it)."""
     import optuna
 
     storage = f"sqlite:///{db}"
@@ -115,9 +116,12 @@ def optuna_history(db: Path, path: Path, objective: str | None = None) -> Path |
     if not summaries:
         return None
     study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+    if len(study.directions) > 1:
+        return None
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    failed = [t for t in trials if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in failed)
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     if done:
@@ -129,9 +133,10 @@ def optuna_history(db: Path, path: Path, objective: str | None = None) -> Path |
         ax.step([t.number for t in done], line, where="post", color="tab:red", label="best so far")
     if failed:
         bottom = min((t.value for t in done), default=0.0)
-        ax.plot([t.number for t in failed], [bottom] * len(failed), "x", color="gray", ms=7, label="failed / interrupted")
+        ax.plot([t.number for t in failed], [bottom] * len(failed), "x", color="gray", ms=7, label="failed / interrupted / pruned")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="trial", ylabel=objective or "objective", title=f"Optuna {study.study_name}: {len(done)} complete, {len(failed)} failed")
+    title = f"Optuna {study.study_name}: {len(done)} complete, {len(failed) - pruned} failed, {pruned} pruned"
+    ax.set(xlabel="trial", ylabel=objective or "objective", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -1,9 +1,10 @@
 """The sweep summary: summary.csv (machine-readable) and summary.md (for people) in the sweep directory, written
 by a Hydra callback when a multirun ends and by `viz/plot.py sweep=<dir>` at any time (running or cut-off sweeps too).
 
-    summary.csv   one row per configuration: swept values, jobs, seeds, failures, errors, `<metric>.mean/.std/.n`
-                  of every final metric
-    summary.md    `mean ± std` of the main metrics, best configuration first, and the jobs that did not complete
+    summary.csv   one row per configuration: swept values, jobs, seeds, failures, pruned jobs, errors,
+                  `<metric>.mean/.std/.n` of every final metric; `pareto` (true/false) for a multi-objective search
+    summary.md    `mean ± std` of the main metrics, best configuration first, the Pareto front of a multi-objective
+                  search, and the jobs that did not complete (pruned ones counted apart from failed ones)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from attnlab.sweeps.jobs import Job, Row, aggregate, best, collect, main_metrics, objective, ranked, swept_keys
+from attnlab.sweeps.jobs import (Job, Row, aggregate, best, collect, main_metrics, objective, objectives, pareto_front,
+                                 ranked, swept_keys)
 
 log = logging.getLogger("attnlab")
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
@@ -42,9 +44,11 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) -> None:
-    """summary.csv: swept values, counts, errors, and `<metric>.mean/.std/.n` for every final metric."""
-    header = [*keys, "config", "jobs", "seeds", "n_seeds", "n_failed", "n_running", "errors"]
+def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str], front: list[Row] | None = None) -> None:
+    """summary.csv: swept values, counts, errors, `<metric>.mean/.std/.n` for every final metric, and whether a
+    configuration is on the Pareto front (`front`; None: a single-objective sweep, no column)."""
+    header = [*keys, "config", "jobs", "seeds", "n_seeds", "n_failed", "n_pruned", "n_running", "errors"]
+    header += [] if front is None else ["pareto"]
     header += [f"{m}.{s}" for m in metrics for s in ("mean", "std", "n")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -54,7 +58,8 @@ def write_csv(path: Path, rows: list[Row], metrics: list[str], keys: list[str]) 
             errors = sorted({j.error for j in row.by_status("failed", "interrupted") if j.error})
             cells: list[Any] = [*row.params.values(), row.label, " ".join(str(j.num) for j in row.jobs),
                                 " ".join(str(j.seed) for j in done), len(done), len(row.by_status("failed", "interrupted")),
-                                len(row.by_status("running", "pending")), " | ".join(errors)]
+                                len(row.by_status("pruned")), len(row.by_status("running", "pending")), " | ".join(errors)]
+            cells += [] if front is None else [any(row is r for r in front)]
             for metric in metrics:
                 mean, std, n = row.stats(metric)
                 cells += ["" if n == 0 else mean, "" if std is None else std, n]
@@ -70,11 +75,28 @@ def _objective_line(metric: str | None, mode: str | None) -> str:
     return f"- objective: `{metric}` ({mode})"
 
 
-def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | None, mode: str | None) -> str:
-    """summary.md: the table people read."""
+def _pareto_lines(rows: list[Row], goals: list[tuple[str, str | None]]) -> list[str]:
+    """The '## Pareto front' section of a multi-objective search: its configurations with every objective."""
+    names = ", ".join(f"`{m}` ({mode or 'direction unknown'})" for m, mode in goals)
+    lines = ["", "## Pareto front", "", f"Configurations no other beats on every objective: {names}.", ""]
+    front = pareto_front(rows, goals)
+    if not front:
+        return lines + ["none yet (no completed job logged every objective, or a direction is unknown)"]
+    lines += ["| configuration | jobs | " + " | ".join(m for m, _ in goals) + " |", "|---|---|" + "---|" * len(goals)]
+    for row in front:
+        label = " ".join(f"{k}={_short(v)}" for k, v in row.params.items()) or "(defaults)"
+        cells = [label, ",".join(str(j.num) for j in row.by_status("completed")), *(_fmt(*row.stats(m)) for m, _ in goals)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | None, mode: str | None,
+              goals: list[tuple[str, str | None]] | None = None) -> str:
+    """summary.md: the table people read; `goals` (several objectives) adds the Pareto front."""
     keys = list(rows[0].params) if rows else []
     shown = main_metrics(rows, metric)
-    counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "interrupted", "running", "pending")}
+    statuses = ("completed", "pruned", "failed", "interrupted", "running", "pending")
+    counts = {s: sum(j.status == s for j in jobs) for s in statuses}
     lines = [f"# Sweep {sweep_dir.name}", "",
              f"- directory: `{sweep_dir}`",
              f"- jobs: {len(jobs)} (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")",
@@ -99,6 +121,8 @@ def render_md(sweep_dir: Path, jobs: list[Job], rows: list[Row], metric: str | N
         lines.append("**Best configuration**: none (the objective's direction is unknown)")
     elif metric:
         lines.append("**Best configuration**: none yet (no completed job logged the objective)")
+    if goals and len(goals) > 1:
+        lines += _pareto_lines(rows, goals)
     unfinished = [j for j in jobs if j.status != "completed"]
     if unfinished:
         lines += ["", "## Jobs not completed", "", "| job | configuration | seed | status | error |", "|---|---|---|---|---|"]
@@ -116,12 +140,16 @@ def write_summary(sweep_dir: str | Path) -> tuple[Path, Path]:
     jobs = collect(path)
     rows = aggregate(jobs)
     metric, mode = objective(path, jobs)
+    goals = objectives(path, jobs)
     shown = main_metrics(rows, metric)
+    shown += [m for m, _ in goals if m not in shown]
     others = sorted({m for j in jobs for m in j.metrics} - set(shown))
-    write_csv(path / SUMMARY_CSV, rows, shown + others, swept_keys(jobs))
-    (path / SUMMARY_MD).write_text(render_md(path, jobs, rows, metric, mode))
-    failed = sum(j.status == "failed" for j in jobs)
-    log.info("sweep summary: %s (%d jobs, %d configurations, %d failed)", path / SUMMARY_MD, len(jobs), len(rows), failed)
+    front = pareto_front(rows, goals) if len(goals) > 1 else None
+    write_csv(path / SUMMARY_CSV, rows, shown + others, swept_keys(jobs), front)
+    (path / SUMMARY_MD).write_text(render_md(path, jobs, rows, metric, mode, goals))
+    failed, pruned = (sum(j.status == s for j in jobs) for s in ("failed", "pruned"))
+    log.info("sweep summary: %s (%d jobs, %d configurations, %d failed, %d pruned)", path / SUMMARY_MD, len(jobs),
+             len(rows), failed, pruned)
     return path / SUMMARY_CSV, path / SUMMARY_MD
 
 
