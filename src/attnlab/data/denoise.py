@@ -81,9 +81,8 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
-        model = self.model(x.device)
-        model.eval()  # nothing may put it back in training mode (it is no submodule of the task)
-        return model(x.float()).to(x.dtype)
+        # Eval mode since loading: it is no submodule of the task, so Lightning's train() never reaches it.
+        return self.model(x.device)(x.float()).to(x.dtype)
 
 
 @dataclass(frozen=True)
