@@ -1,4 +1,4 @@
-"""Command-line entry points (`attnlab-train`, `attnlab-validate`, `attnlab-plot`).
+"""Command-line entry points (`attnlab-train`, `attnlab-validate`, `attnlab-plot`, `attnlab-registry`, ...).
 
 This module imports Hydra and OmegaConf only: `--help` and `--cfg job` must not pay for torch or Lightning
 (about 5 s), so the heavy modules are imported inside the job functions.
@@ -258,3 +258,42 @@ def script_settings(argv: list[str], defaults: dict[str, Any], *, usage: str) ->
     if "run" in defaults and not args["run"]:
         script_fail(f"say which run: {usage}")
     return args
+
+
+REGISTRY_USAGE = """usage: python app/registry.py <command> key=value ...   (or attnlab-registry <command> ...)
+  register run=<run dir> name=<model> [alias=<alias>]   the run as the model's next version (MLflow model registry)
+  list     name=<model>                                  its versions: aliases, creation time, run, test metrics, lineage
+  compare  name=<model> versions=1,3                     their config differences and metrics side by side
+  promote  name=<model> version=<n> alias=<alias>        point the alias at the version; who and when are recorded
+Every command takes store=<MLflow tracking URI> (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/results/mlflow.db).
+A registered model is models:/<name>@<alias> or models:/<name>/<version> for val/validate.py run= and app/serve.py model=."""
+
+
+def registry() -> None:
+    """`attnlab-registry` / app/registry.py: register | list | compare | promote, with key=value arguments."""
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(REGISTRY_USAGE)
+        return
+    from attnlab.runs.registering import COMMANDS
+
+    command, *rest = args
+    if command not in COMMANDS:
+        script_fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (--help shows their arguments)")
+    keys, required = COMMANDS[command]
+    values: dict[str, str] = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or key not in keys:
+            script_fail(f"{command} takes {' '.join(k + '=' for k in keys)}; got {item!r}")
+        values[key] = value
+    if missing := [k for k in required if not values.get(k)]:
+        script_fail(f"{command} needs {' '.join(k + '=' for k in missing)} (python app/registry.py --help)")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", stream=sys.stdout)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from attnlab.runs.registering import run_command
+
+    try:
+        run_command(command, values)
+    except AttnlabError as err:
+        script_fail(_one_line(err))

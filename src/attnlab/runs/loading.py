@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from attnlab import build
+from attnlab.runs import registry
 from attnlab.errors import ConfigError, RunError
 from attnlab.runs.directory import CONFIG, find_checkpoint, load_checkpoint, load_config, require_run
 
@@ -56,9 +57,14 @@ def model_weights(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
     return {key[len(MODEL_PREFIX):]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
 
 
-def load_model(run_dir: str | Path, ckpt: str | Path = "best") -> LoadedRun:
+def load_model(run_dir: str | Path, ckpt: str | Path = "best", *, store: str | None = None) -> LoadedRun:
     """The model of a run with a checkpoint's weights (`best`, `last` or a .ckpt path), its preprocessing, config
-    and data facts. Reads config.yaml, the checkpoint and the saved data artifacts, nothing else."""
+    and data facts. Reads config.yaml, the checkpoint and the saved data artifacts, nothing else.
+
+    A registered model, `models:/<name>@<alias>` or `models:/<name>/<version>` (MLflow's registry at `store`, see
+    attnlab.runs.registry), is fetched once into a local copy of its files and loaded from there the same way."""
+    if registry.is_model_uri(run_dir):
+        run_dir = registry.fetch(str(run_dir), store=store)
     path = require_run(run_dir)
     cfg = load_config(path)
     ckpt_path = find_checkpoint(path, str(ckpt))
