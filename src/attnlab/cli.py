@@ -234,6 +234,8 @@ def translate() -> Any:
 
 def serve() -> Any:
     """`attnlab-serve` / app/serve.py."""
+    # `model=models:/x@champion` sets serve.yaml's model_uri: to Hydra, `model=` picks an option of the conf/model/ group
+    sys.argv[1:] = [f"model_uri={a[len('model='):]}" if a.startswith("model=") else a for a in sys.argv[1:]]
     return _main(_serve_job, "serve")()
 
 

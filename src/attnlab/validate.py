@@ -1,4 +1,5 @@
-"""Standalone validation of a saved run: `python val/validate.py run=<run dir> [ckpt=best|last|<path>] [split=test|val]`."""
+"""Standalone validation of a saved run: `python val/validate.py run=<run dir> [ckpt=best|last|<path>] [split=test|val]`;
+`run=models:/<name>@<alias>` validates a registered model (its report goes to results/validation/<name>-v<version>/)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 
 from attnlab import build, runs
 from attnlab.errors import ConfigError
+from attnlab.runs import registry
 
 log = logging.getLogger("attnlab")
 SPLITS = ("test", "val")
@@ -34,7 +36,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("say which run to validate: python val/validate.py run=<run dir>")
     if cfg.split not in SPLITS:
         raise ConfigError(f"unknown split '{cfg.split}'; choose one of: {', '.join(SPLITS)}")
-    loaded = runs.load_model(cfg.run, str(cfg.ckpt))
+    loaded = runs.load_model(cfg.run, str(cfg.ckpt), store=cfg.get("store"))  # a run directory or models:/<name>@<alias>
     run_cfg, run_dir, ckpt_path = loaded.cfg, loaded.run_dir, loaded.checkpoint
     if cfg.get("data_dir"):
         node = run_cfg.data.source if "data_dir" in run_cfg.data.get("source", {}) else run_cfg.data  # translation: data.source
@@ -51,7 +53,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     # Around the loaded model: the task (its metrics, no optimizer) and the data module of the split evaluated.
     datamodule = build.make_datamodule(run_cfg, artifacts=run_dir)
     task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
-    out_dir = run_dir / "validation"
+    out_dir = registry.validation_dir(run_dir)  # a registered model's: results/validation/<name>-v<version>/
     # With changed task settings the report is named after them, beside (never over) the plain one.
     changed = {**(cfg.get("task") or {}), **(cfg.get("data") or {})}
     name = "_".join([cfg.split, *(f"{k}={_file_safe(v)}" for k, v in sorted(changed.items()))])
@@ -75,7 +77,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
     metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
-    report = {"run": str(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "seed": run_cfg.get("seed"),
+    report = {"run": str(run_dir), "registered": registry.source_of(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "seed": run_cfg.get("seed"),
               "task": dict(cfg.get("task") or {}), "data": dict(cfg.get("data") or {}), "metrics": metrics,
               "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **task.test_artifacts}
     out_dir.mkdir(exist_ok=True)

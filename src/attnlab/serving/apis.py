@@ -22,6 +22,7 @@ from typing import Any
 import litserve as ls
 
 from attnlab.serving import schemas
+from attnlab.serving.routing import ResponseCache, Router, answer
 from attnlab.serving.schemas import (GenerateRequest, ImageRequest, StreamRequest, SummarizeRequest, TextRequest,
                                      TranslateRequest)
 
@@ -35,6 +36,7 @@ class Job:
     items: list[Any]
     options: dict[str, Any] = field(default_factory=dict)
     single: bool = True
+    version: str = ""  # which model version answers it (attnlab.serving.routing.Router)
 
 
 @dataclass
@@ -47,6 +49,12 @@ class Settings:
     threads: int = 1
     sub_batch: int = 8  # text classifiers: inputs per length-sorted model call
     limits: schemas.Limits = field(default_factory=schemas.Limits)
+    version: str = ""  # how answers and metrics name the model: <name>/<version> or the run's folder name
+    canary_dir: str | None = None  # a second model of the same task (a run directory) ...
+    canary_version: str = ""
+    canary_share: float = 0.0  # ... answering this share of the requests
+    canary_seed: int = 0
+    cache_size: int = 0  # response cache entries (0: no cache)
 
 
 class RunAPI(ls.LitAPI):
@@ -68,16 +76,30 @@ class RunAPI(ls.LitAPI):
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][worker %(process)d][%(levelname)s] - %(message)s")
         torch.set_num_threads(self.settings.threads)
         start = time.perf_counter()
-        self.loaded = runs.load_model(self.settings.run_dir, self.settings.ckpt)
+        s = self.settings
+        self.loaded = runs.load_model(s.run_dir, s.ckpt)
         self.model = self.loaded.model
-        if self.settings.backend in ("onnx", "onnx_int8"):
+        if s.backend in ("onnx", "onnx_int8"):
             from attnlab.serving.onnx_model import OnnxModel
 
-            self.model = OnnxModel(self.settings.run_dir, int8=self.settings.backend == "onnx_int8",
-                                   threads=self.settings.threads)
-        self.warm_up()
-        log.info("worker ready: %s (%s, %s backend) in %.1f s", self.settings.run_dir, self.loaded.checkpoint.name,
-                 self.settings.backend, time.perf_counter() - start)
+            self.model = OnnxModel(s.run_dir, int8=s.backend == "onnx_int8", threads=s.threads)
+        self.variants = {s.version: (self.loaded, self.model)}
+        if s.canary_dir:  # torch only (the server refuses a canary with another backend)
+            canary = runs.load_model(s.canary_dir, "best")
+            self.variants[s.canary_version] = (canary, canary.model)
+        self.router = Router(main=s.version, canary=s.canary_version if s.canary_dir else None, share=s.canary_share,
+                             seed=s.canary_seed)
+        self.cache = ResponseCache(size=s.cache_size) if s.cache_size > 0 else None
+        for version in self.variants:
+            self.use(version)
+            self.warm_up()
+        self.use(s.version)
+        log.info("worker ready: %s (%s, %s backend) in %.1f s", ", ".join(f"{v} ({loaded.run_dir})" for v, (loaded, _)
+                 in self.variants.items()), self.loaded.checkpoint.name, s.backend, time.perf_counter() - start)
+
+    def use(self, version: str) -> None:
+        """Answer with this version's model (one worker answers one batch at a time)."""
+        self.loaded, self.model = self.variants[version]
 
     def warm_up(self) -> None:
         """One request's worth of work before /health says ready, so the first caller does not pay for it."""
@@ -95,16 +117,31 @@ class RunAPI(ls.LitAPI):
         jobs = x if isinstance(x, list) else [x]  # a list when batching (max_batch_size > 1)
         metrics.BATCH_REQUESTS.observe(len(jobs))
         metrics.BATCH_SIZE.observe(sum(len(job.items) for job in jobs))
-        outputs = self.run_jobs(jobs)
+        for job in jobs:
+            job.version = self.router.choose()
+        outputs: list[Any] = [None] * len(jobs)
+        for version in dict.fromkeys(job.version for job in jobs):  # each version's requests in one call
+            members = [i for i, job in enumerate(jobs) if job.version == version]
+            start = time.perf_counter()
+            self.use(version)
+            answers = answer([jobs[i] for i in members], self.run_jobs, version=version, cache=self.cache)
+            elapsed = time.perf_counter() - start
+            for i, (single, items) in zip(members, answers):
+                outputs[i] = (single, items, version)
+                metrics.MODEL_REQUESTS.labels(version=version).inc()
+                metrics.MODEL_SECONDS.labels(version=version).observe(elapsed)
+                for item in items:
+                    if isinstance(item, dict) and "label" in item:
+                        metrics.PREDICTIONS.labels(version=version, label=str(item["label"])).inc()
         return outputs if isinstance(x, list) else outputs[0]
 
     def run_jobs(self, jobs: list[Job]) -> list[list[Any]]:
         """Each job's outputs, one per item."""
         raise NotImplementedError
 
-    def encode_response(self, output: tuple[bool, list[Any]] | list[Any]) -> dict[str, Any]:
-        single, items = output
-        return {"output": items[0]} if single else {"outputs": items}
+    def encode_response(self, output: tuple[bool, list[Any], str]) -> dict[str, Any]:
+        single, items, version = output
+        return {"output": items[0], "version": version} if single else {"outputs": items, "version": version}
 
     def _wrap(self, jobs: list[Job], outputs: list[list[Any]]) -> list[tuple[bool, list[Any]]]:
         return [(job.single, out) for job, out in zip(jobs, outputs)]
@@ -225,6 +262,11 @@ class StreamAPI(LanguageModelAPI):
         self.continuation(self.example(), StreamRequest(input=self.example(), max_new_tokens=2).options())
 
     def predict(self, x: Job) -> Iterator[str]:
+        from attnlab.serving import metrics
+
+        x.version = self.router.choose()
+        self.use(x.version)
+        metrics.MODEL_REQUESTS.labels(version=x.version).inc()
         tokens: queue.Queue = queue.Queue()
         result: dict[str, Any] = {}
 
@@ -257,7 +299,7 @@ class StreamAPI(LanguageModelAPI):
         if "error" in result:
             yield {"error": str(result["error"])}
         else:
-            yield {"done": True, "continuation": result["text"]}
+            yield {"done": True, "continuation": result["text"], "version": x.version}
 
     def encode_response(self, output: Iterator[dict[str, Any]]):  # no return annotation: FastAPI would model it
         import json

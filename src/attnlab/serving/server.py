@@ -1,10 +1,13 @@
-"""`python app/serve.py run=<run dir>`: a trained run behind REST, on LitServe (FastAPI and uvicorn underneath).
+"""`python app/serve.py run=<run dir>` or `model=models:/<name>@<alias>`: a trained run or a registered model behind
+REST, on LitServe (FastAPI and uvicorn underneath). `canary=<second model> canary_share=0.1` answers a seeded share of
+the requests with a second version of the same task; `cache_size=N` caches answers (attnlab.serving.routing).
 
     POST /predict   {"input": x} -> {"output": y}, {"inputs": [x, ...]} -> {"outputs": [y, ...]} (attnlab.serving.schemas)
     POST /stream    language models: the continuation as server-sent events (text/event-stream)
     GET  /health    200 "ok" once every worker has loaded and warmed up its model, 503 before
     GET  /info      the run (id, git commit, task, family, metrics, parameter count) and the server's settings
-    GET  /metrics   Prometheus: requests by path and status, latency histogram, batch sizes
+    GET  /metrics   Prometheus: requests by path and status, latency histogram, batch sizes; by model version
+                    (label `version`): requests, model seconds, predicted classes, cache hits and misses
     GET  /docs      OpenAPI (Swagger UI), /openapi.json
 
 The run is loaded once here before anything starts, so a missing, incomplete or unservable run stops the command
@@ -171,8 +174,16 @@ class MetricsMiddleware:
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
     """The serve config, checked: bad values stop the command with the fix."""
-    if not cfg.get("run"):
-        raise ConfigError("say which run to serve: python app/serve.py run=<run dir>")
+    if not cfg.get("run") and not cfg.get("model_uri"):
+        raise ConfigError("say which run to serve: python app/serve.py run=<run dir>   or   model=models:/<name>@<alias>")
+    if cfg.get("run") and cfg.get("model_uri"):
+        raise ConfigError(f"run={cfg.run} and model={cfg.model_uri} both given; serve one (model= takes a run directory too)")
+    if not 0.0 <= float(cfg.canary_share) <= 1.0:
+        raise ConfigError(f"canary_share={cfg.canary_share}: the share of requests the canary answers, from 0 to 1")
+    if cfg.get("canary") and cfg.backend != "torch":
+        raise ConfigError(f"canary= runs on backend=torch; backend={cfg.backend} serves one exported model")
+    if int(cfg.cache_size) < 0:
+        raise ConfigError(f"cache_size must be >= 0 (0: no response cache), got {cfg.cache_size}")
     if cfg.host not in HOSTS:
         raise ConfigError(f"host={cfg.host!r}: choose one of {', '.join(HOSTS)} (127.0.0.1, the default, is this machine only)")
     if not 1024 <= int(cfg.port) <= 65535:
@@ -190,18 +201,21 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     return {"api_key": api_key, "threads": threads}
 
 
-def inspect_run(run: str, ckpt: str) -> dict[str, Any]:
-    """Load the run once (every error a clear RunError/ConfigError) and describe it for /info."""
+def inspect_run(run: str, ckpt: str, *, store: str | None = None) -> dict[str, Any]:
+    """Load the run or registered model once (every error a clear RunError/ConfigError) and describe it for /info."""
     from attnlab import runs
+    from attnlab.runs import registry
     from attnlab.serving.apis import family_of
 
-    loaded = runs.load_model(run, ckpt)
+    loaded = runs.load_model(run, ckpt, store=store)
     family = family_of(loaded)
     manifest = runs.read_json(loaded.run_dir / runs.MANIFEST) if (loaded.run_dir / runs.MANIFEST).is_file() else {}
     metrics = runs.read_json(loaded.run_dir / runs.METRICS) if (loaded.run_dir / runs.METRICS).is_file() else {}
     git = manifest.get("git") or {}
     info = {
-        "run_id": loaded.run_dir.name, "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name,
+        "run_id": (registry.source_of(loaded.run_dir) or {}).get("run") or loaded.run_dir.name, "run_dir": str(loaded.run_dir),
+        "version": registry.label(loaded.run_dir), "registered": registry.source_of(loaded.run_dir),
+        "checkpoint": loaded.checkpoint.name,
         "family": family, "task": str(loaded.cfg.task._target_).rsplit(".", 1)[-1],
         "model": str(loaded.cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
         "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
@@ -215,6 +229,20 @@ def inspect_run(run: str, ckpt: str) -> dict[str, Any]:
     return {"info": info, "image": image}
 
 
+def _canary(cfg: DictConfig, main: dict[str, Any], *, store: str | None) -> dict[str, Any]:
+    """The canary, loaded and checked to do the main model's task (family, task, classes, image size)."""
+    other = inspect_run(str(cfg.canary), "best", store=store)
+    mine, theirs = main["info"], other["info"]
+    what = ("family", "task", "class_names")
+    if any(mine[k] != theirs[k] for k in what) or main["image"] != other["image"]:
+        differ = "; ".join(f"{k}: {mine[k]} here, {theirs[k]} in the canary" for k in what if mine[k] != theirs[k])
+        raise ConfigError(f"canary={cfg.canary} does another task than the main model ({differ or 'image size'}); a canary "
+                          "is another version of the same task")
+    if theirs["run_dir"] == mine["run_dir"]:
+        raise ConfigError(f"canary={cfg.canary} is the main model itself ({mine['version']}); name another version")
+    return {k: theirs[k] for k in ("version", "run_id", "run_dir", "registered", "metrics")}
+
+
 def build_server(cfg: DictConfig) -> Any:
     """The LitServer for cfg (conf/serve.yaml), not yet running."""
     settings = _settings(cfg)
@@ -224,8 +252,10 @@ def build_server(cfg: DictConfig) -> Any:
     from attnlab.serving import metrics, schemas
     from attnlab.serving.apis import FAMILIES, Settings, StreamAPI
 
-    run = inspect_run(str(cfg.run), str(cfg.ckpt))
+    store = cfg.get("store") or None
+    run = inspect_run(str(cfg.get("model_uri") or cfg.run), str(cfg.ckpt), store=store)
     info, family = run["info"], run["info"]["family"]
+    canary = _canary(cfg, run, store=store) if cfg.get("canary") else None
     if cfg.backend != "torch":
         if family not in ("text_classification", "image_classification"):
             raise ConfigError(f"backend={cfg.backend} serves classifiers; a {family} run decodes step by step with its "
@@ -238,7 +268,9 @@ def build_server(cfg: DictConfig) -> Any:
                             max_new_tokens=int(cfg.max_new_tokens), max_beams=int(cfg.max_beams), **run["image"])
     schemas.LIMITS = limits  # the HTTP processes fork from this one
     worker = Settings(run_dir=info["run_dir"], ckpt=str(cfg.ckpt), backend=str(cfg.backend),
-                      threads=settings["threads"], sub_batch=int(cfg.sub_batch), limits=limits)
+                      threads=settings["threads"], sub_batch=int(cfg.sub_batch), limits=limits, version=info["version"],
+                      canary_dir=canary["run_dir"] if canary else None, canary_version=canary["version"] if canary else "",
+                      canary_share=float(cfg.canary_share), canary_seed=int(cfg.canary_seed), cache_size=int(cfg.cache_size))
     apis = [FAMILIES[family](worker, max_batch_size=int(cfg.max_batch_size), batch_timeout=float(cfg.batch_timeout))]
     if family == "language_model":
         apis.append(StreamAPI(worker, api_path="/stream", stream=True))
@@ -249,7 +281,9 @@ def build_server(cfg: DictConfig) -> Any:
     middlewares.append((MetricsMiddleware, {"paths": paths}))  # added last: the outermost, so it sees 401s too
     server_info = {**info, "backend": str(cfg.backend), "max_batch_size": int(cfg.max_batch_size),
                    "batch_timeout": float(cfg.batch_timeout), "workers": int(cfg.workers),
-                   "threads_per_worker": settings["threads"], "api_key": bool(settings["api_key"]), "endpoints": ["/predict", *(["/stream"] if len(apis) > 1 else [])]}
+                   "threads_per_worker": settings["threads"], "api_key": bool(settings["api_key"]), "endpoints": ["/predict", *(["/stream"] if len(apis) > 1 else [])],
+                   "canary": canary, "canary_share": float(cfg.canary_share) if canary else 0.0,
+                   "cache_size": int(cfg.cache_size)}
     server = ls.LitServer(apis if len(apis) > 1 else apis[0], accelerator="cpu" if cfg.get("device") in (None, "cpu") else "auto",
                           workers_per_device=int(cfg.workers), timeout=float(cfg.timeout), model_metadata=server_info,
                           middlewares=middlewares)  # RequestGuard limits the body (LitServe's limit would answer 500 behind it)
@@ -265,8 +299,10 @@ def serve(cfg: DictConfig) -> None:
     """Build the server and run it until interrupted (Ctrl+C)."""
     server = build_server(cfg)
     info = server.attnlab_info
-    log.info("serving %s (%s, %s) on http://%s:%d  (POST %s; GET /health /info /metrics /docs)%s", info["run_id"],
-             info["family"], info["model"], cfg.host, int(cfg.port), " ".join(info["endpoints"]),
+    canary = f" and {info['canary']['version']} on {info['canary_share']:.0%} of requests" if info["canary"] else ""
+    log.info("serving %s%s (%s, %s) on http://%s:%d  (POST %s; GET /health /info /metrics /docs)%s%s", info["version"],
+             canary, info["family"], info["model"], cfg.host, int(cfg.port), " ".join(info["endpoints"]),
+             f"; response cache of {info['cache_size']}" if info["cache_size"] else "",
              "; API key required" if info["api_key"] else "")
     server.run(host=str(cfg.host), port=int(cfg.port), generate_client_file=False, log_level=str(cfg.log_level),
                num_api_servers=int(cfg.api_servers) if cfg.get("api_servers") else None)
