@@ -82,7 +82,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
               "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **task.test_artifacts}
     out_dir.mkdir(exist_ok=True)
     runs.write_json(out_dir / f"{name}.json", report)
-    _print_table(f"{run_dir.name}: {cfg.split} ({ckpt_path.name})", metrics)
+    _print_table(f"{registry.label(run_dir)}: {cfg.split} ({ckpt_path.name})", metrics)
     log.info("wrote %s and figures in %s", out_dir / f"{name}.json", task.figures_dir)
     return report
 

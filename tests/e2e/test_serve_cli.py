@@ -268,7 +268,7 @@ def test_language_model_generates_as_the_model_and_streams_the_same_tokens(lm_ru
         stream = server.post("/stream", {"input": prompt, "max_new_tokens": 12, "seed": 7, **sampling})
         assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
         got = events(stream)
-        assert got[-1] == {"done": True, "continuation": expected}
+        assert got[-1] == {"done": True, "continuation": expected, "version": lm_run.name}  # the answering version
         assert "".join(e["token"] for e in got[:-1]) == expected and len(got) > 2
 
         for body, message in [({"input": prompt, "top_p": 1.5}, "top_p"), ({"input": prompt, "max_new_tokens": 10_000},

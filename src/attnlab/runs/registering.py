@@ -212,13 +212,16 @@ def print_versions(name: str, rows: list[dict[str, Any]], store: str) -> None:
 
     metrics = sorted({k for r in rows for k in r["metrics"] if k.count("/") == 1})[:SHOWN]
     table = Table(title=f"{name} ({store})")
-    for column in ("version", "aliases", "created", "run", "commit", *metrics, "lineage"):
-        table.add_column(column, justify="right" if column in metrics or column == "version" else "left")
+    for column in ("version", "aliases", "created", "run", "commit", *metrics, "lineage", "promoted"):
+        table.add_column(column, justify="right" if column in metrics or column == "version" else "left",
+                         no_wrap=column in ("run", "created"))
     for r in rows:
         lineage = "; ".join(f"{k}: {v}" for k, v in r["lineage"].items()) or "-"
+        promoted = "; ".join(f"{p['alias']}: {p['by']}, {p['at'][:16].replace('T', ' ')}"
+                             + (f" (was v{p['previous']})" if p.get("previous") else "") for p in r["promotions"]) or "-"
         table.add_row(str(r["version"]), ", ".join(r["aliases"]) or "-", r["created"], str(r["run_id"]),
-                      str(r["git_commit"])[:8], *(_number(r["metrics"].get(m)) for m in metrics), lineage)
-    Console(width=max(160, Console().width)).print(table)
+                      str(r["git_commit"])[:8], *(_number(r["metrics"].get(m)) for m in metrics), lineage, promoted)
+    Console(width=max(200, Console().width)).print(table)
 
 
 def print_comparison(name: str, result: dict[str, Any]) -> None:

@@ -110,8 +110,12 @@ def client(store: str | None = None) -> MlflowClient:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade ..." once per new database
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file would fill the log
-    from mlflow import MlflowClient
-
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise ConfigError("the model registry needs MLflow's client: pip install mlflow-skinny (pinned in "
+                          "requirements.txt; the trackers extra: pip install -e '.[trackers]')") from None
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     try:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     except Exception as err:
