@@ -51,7 +51,8 @@ def register(run_dir: str | Path, name: str, *, alias: str | None = None, store:
         **{f"lineage.{k}": registry.tag_value(v) for k, v in registry.lineage(run).items()},
     }
     ml_run = mlflow.create_run(registry._experiment_id(mlflow, uri), run_name=run.name,
-                               tags={"attnlab.run_dir": str(run), "attnlab.registered_as": name})
+                               tags={"attnlab.run_dir": str(run), "attnlab.registered_as": name,
+                                     "mlflow.user": registry.user()})
     run_id = ml_run.info.run_id
     try:
         for key, value in test.items():
