@@ -19,7 +19,7 @@ from attnlab.errors import RunError  # noqa: E402
 
 log = logging.getLogger(__name__)
 _STAGES = ("train", "val", "test")
-_SKIP = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_best$|acc_class/|per_sec|time)")
+_SKIP = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_best$|_class/|per_sec|time)")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -136,3 +136,43 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     if not written:
         raise RunError(f"{history_path} holds no train/val metrics to plot")
     return written
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: Path, unit: str = "") -> Path:
+    """Predicted against actual values on the diagonal's scale, with the test RMSE and R² in the title."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
+    r2 = 1 - float(np.sum((predicted - actual) ** 2) / max(np.sum((actual - actual.mean()) ** 2), 1e-12))
+    lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.scatter(actual, predicted, s=4, alpha=0.35)
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+    ax.set(xlabel=f"actual{unit}", ylabel=f"predicted{unit}", title=f"RMSE {rmse:.4g}, R² {r2:.3f}")
+    return _save(fig, path)
+
+
+def residuals(actual: np.ndarray, predicted: np.ndarray, path: Path, unit: str = "") -> Path:
+    """Residuals (predicted - actual) against the prediction, and their histogram."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    res = predicted - actual
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 3.4))
+    a.scatter(predicted, res, s=4, alpha=0.35)
+    a.axhline(0, color="black", lw=1)
+    a.set(xlabel=f"predicted{unit}", ylabel="residual", title="residuals")
+    b.hist(res, bins=60)
+    b.set(xlabel="residual", ylabel="rows", title=f"mean {res.mean():.3g}, std {res.std():.3g}")
+    return _save(fig, path)
+
+
+def importances(values: dict[str, dict[str, float]], path: Path, title: str = "feature importance") -> Path:
+    """Horizontal bars per feature, one colour per kind of importance (permutation, impurity), sorted by the first."""
+    kinds = list(values)
+    names = sorted(values[kinds[0]], key=lambda n: values[kinds[0]][n])
+    y = np.arange(len(names))
+    h = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.3 * len(names)))
+    for i, kind in enumerate(kinds):
+        ax.barh(y + i * h, [values[kind].get(n, 0.0) for n in names], height=h, label=kind)
+    ax.set(yticks=y + h * (len(kinds) - 1) / 2, yticklabels=names, title=title)
+    ax.legend()
+    return _save(fig, path)
