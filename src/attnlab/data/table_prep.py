@@ -39,11 +39,11 @@ def read_table(path: str | Path, *, columns: Sequence[str] | None = None) -> Any
             sep = "\t" if ".tsv" in name else ","
             frame = pd.read_csv(file, sep=sep, header=None if columns else "infer", names=list(columns) if columns else None)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{file} is empty") from None
+        raise DataError(f"{file} is empty (no rows)") from None
     except (ValueError, OSError) as err:
         raise DataError(f"cannot read {file}: {err}") from None
     if frame.empty:
-        raise DataError(f"{file} has no rows")
+        raise DataError(f"{file} is empty (no rows)")
     if columns and frame.shape[1] != len(columns):
         raise DataError(f"{file} has {frame.shape[1]} columns, data.columns names {len(columns)}")
     return frame
@@ -67,6 +67,11 @@ class TablePreprocessing:
     target_mean: float = 0.0
     target_std: float = 1.0
     log_target: bool = False
+    ratios: dict[str, list[str]] = field(default_factory=dict)  # derived column -> [numerator, denominator]
+
+    def with_ratios(self, frame: Any) -> Any:
+        """The feature columns plus the derived ratio columns (a zero denominator gives a missing value, imputed)."""
+        return add_ratios(frame, self.ratios)
 
     # -- features ---------------------------------------------------------------------------------------------------
     def transform(self, frame: Any) -> np.ndarray:
@@ -79,7 +84,7 @@ class TablePreprocessing:
         if missing:
             raise DataError(f"column(s) {', '.join(missing)} missing: this run reads {', '.join(self.feature_columns)}; "
                             f"given: {', '.join(map(str, frame.columns))}")
-        frame = frame[self.feature_columns].copy()
+        frame = self.with_ratios(frame[self.feature_columns].copy())
         for col in self.categorical:
             frame[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
         numeric = [c for c in self.feature_columns if c not in self.categorical]
@@ -158,6 +163,7 @@ def fit_preprocessing(
     missing_indicator: bool,
     encoding: str,
     log_target: bool,
+    ratios: Mapping[str, Sequence[str]] | None = None,
 ) -> TablePreprocessing:
     """Fit the ColumnTransformer and the target encoding on the training rows only."""
     import pandas.api.types as ptypes
@@ -170,7 +176,11 @@ def fit_preprocessing(
         raise DataError(f"the target {target!r} is among data.features; a model must not read its own answer")
     if categorical is None:  # non-numeric columns are categorical unless the config says which
         categorical = [c for c in features if not ptypes.is_numeric_dtype(train[c])]
-    numeric = [c for c in features if c not in categorical]
+    ratios = {name: list(pair) for name, pair in (ratios or {}).items()}
+    for name, pair in ratios.items():
+        if len(pair) != 2 or any(c not in features or c in categorical for c in pair):
+            raise DataError(f"data.ratios.{name}={pair}: give [numerator, denominator], two numeric feature columns")
+    numeric = [c for c in features if c not in categorical] + list(ratios)
     if encoding == "onehot":
         cat_pipe = make_pipeline(SimpleImputer(strategy="most_frequent"),
                                  OneHotEncoder(handle_unknown="ignore", sparse_output=False))
@@ -180,7 +190,7 @@ def fit_preprocessing(
               numeric)] if numeric else []
     parts += [("cat", cat_pipe, categorical)] if categorical else []
     transformer = ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
-    frame = train[features].copy()
+    frame = add_ratios(train[features].copy(), ratios)
     for col in categorical:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
     transformer.fit(frame)
@@ -192,7 +202,7 @@ def fit_preprocessing(
         n_numeric = n_features - len(categorical)
     prep = TablePreprocessing(transformer=transformer, kind=kind, target=target, feature_columns=list(features),
                               categorical=list(categorical), n_features=n_features, n_numeric=n_numeric,
-                              cardinalities=cardinalities, log_target=log_target)
+                              cardinalities=cardinalities, log_target=log_target, ratios=ratios)
     y = train[target]
     if kind == "classification":
         values = sorted(y.unique(), key=lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
@@ -223,3 +233,13 @@ def rows_frame(rows: Sequence[Mapping[str, Any]] | Any) -> Any:
     import pandas as pd
 
     return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+
+
+def add_ratios(frame: Any, ratios: Mapping[str, Sequence[str]]) -> Any:
+    """frame with a column num / den per ratio (rooms per household ...); inf (a zero denominator) -> missing."""
+    import pandas as pd
+
+    for name, (num, den) in ratios.items():
+        value = pd.to_numeric(frame[num], errors="coerce") / pd.to_numeric(frame[den], errors="coerce")
+        frame[name] = value.where(np.isfinite(value), np.nan)
+    return frame

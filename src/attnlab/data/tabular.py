@@ -42,6 +42,7 @@ class TabularDataModule(L.LightningDataModule):
         columns: list[str] | None = None,
         features: list[str] | None = None,
         categorical: list[str] | None = None,
+        ratios: dict[str, list[str]] | None = None,
         file_feature: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
@@ -80,6 +81,7 @@ class TabularDataModule(L.LightningDataModule):
         self.columns = list(columns) if columns else None
         self.features = list(features) if features else None
         self.categorical = list(categorical) if categorical is not None else None
+        self.ratios = {k: list(v) for k, v in (ratios or {}).items()}
         self.file_feature = file_feature
         self.val_file, self.test_file = val_file, test_file
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
@@ -126,7 +128,7 @@ class TabularDataModule(L.LightningDataModule):
             self.prep = fit_preprocessing(
                 train, target=self.target, kind=self.kind, features=self._feature_names(train),
                 categorical=self.categorical, impute=self.impute, missing_indicator=self.missing_indicator,
-                encoding=self.categorical_encoding, log_target=self.log_target)
+                encoding=self.categorical_encoding, log_target=self.log_target, ratios=self.ratios)
         return self.prep
 
     # -- reading and splitting --------------------------------------------------------------------------------------
