@@ -199,3 +199,68 @@ def _normalised(values: dict[str, dict[str, float]]) -> dict[str, dict[str, floa
         top = max((abs(v) for v in per.values()), default=0.0) or 1.0
         scaled[kind] = {k: v / top for k, v in per.items()}
     return scaled
+
+
+def predictor(loaded: runs.LoadedRun) -> Callable[[Any], np.ndarray]:
+    """Raw rows -> predictions (class ids, or target units) of a loaded tabular run, estimator or network."""
+    if is_estimator_run(loaded.run_dir):
+        return lambda frame: _estimator_predict(loaded.model, loaded.preprocess, frame)
+    return network_predict(loaded.model, loaded.preprocess)
+
+
+def compare(run_a: str | Path, run_b: str | Path, out_dir: Path | None = None) -> Path:
+    """Two tabular runs on the same table (a random forest and boosted trees, say): their importances side by side,
+    and where their test errors agree and differ; writes comparison.md and figures, returns the markdown's path."""
+    from attnlab import plots
+
+    loaded = [runs.load_model(r) for r in (run_a, run_b)]
+    names = [f"{lr.cfg.get('name', lr.run_dir.name)} ({lr.run_dir.name})" for lr in loaded]
+    data = [build.make_datamodule(lr.cfg, artifacts=lr.run_dir) for lr in loaded]
+    if any(not hasattr(d, "raw") for d in data):
+        raise ConfigError("compare: both runs must be tabular runs")
+    frame, y = data[0].raw("test")
+    if not np.array_equal(np.asarray(data[1].raw("test")[1]), np.asarray(y)):
+        raise ConfigError(f"compare: {names[0]} and {names[1]} were tested on different rows (another table, split or "
+                          "seed of the split); compare runs of one data config")
+    preds = [predictor(lr)(frame) for lr in loaded]
+    out = Path(out_dir) if out_dir else loaded[0].run_dir / "comparison" / loaded[1].run_dir.name
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {names[0]} against {names[1]}", "", f"Test split: {len(y):,} rows.", ""]
+    if loaded[0].preprocess.kind == "classification":
+        right = [p == y for p in preds]
+        cells = {"both right": right[0] & right[1], f"only {names[0]} right": right[0] & ~right[1],
+                 f"only {names[1]} right": ~right[0] & right[1], "both wrong": ~right[0] & ~right[1]}
+        same_wrong = int(np.sum(~right[0] & ~right[1] & (preds[0] == preds[1])))
+        lines += ["| | rows | share |", "|---|---|---|"] + [f"| {k} | {int(v.sum()):,} | {100 * v.mean():.1f}% |"
+                                                          for k, v in cells.items()]
+        lines += ["", f"Of the rows both get wrong, {same_wrong:,} get the same wrong class. They agree with each other "
+                  f"on {100 * np.mean(preds[0] == preds[1]):.1f}% of the rows."]
+    else:
+        errors = [p - y for p in preds]
+        corr = float(np.corrcoef(errors[0], errors[1])[0, 1])
+        big = [np.abs(e) > np.quantile(np.abs(e), 0.9) for e in errors]
+        rmse = [float(np.sqrt(np.mean(e ** 2))) for e in errors]
+        lines += [f"RMSE {rmse[0]:,.0f} and {rmse[1]:,.0f}; their errors correlate at {corr:.3f}; of each one's 10% "
+                  f"largest errors, {100 * np.mean(big[0] & big[1]) / 0.1:.0f}% are the other's too.",
+                  f"RMSE of their average: {np.sqrt(np.mean(((preds[0] + preds[1]) / 2 - y) ** 2)):,.0f}."]
+        plots.error_scatter(errors[0], errors[1], names, out / "errors.png")
+        lines += ["", "![errors](errors.png)"]
+    importances = {}
+    for name, lr in zip(names, loaded):
+        path = lr.run_dir / runs.PLOTS / "feature_importance.json"
+        if path.is_file():
+            saved = runs.read_json(path)
+            importances[f"{name}: permutation"] = saved["permutation"]
+            if "impurity" in saved:
+                importances[f"{name}: impurity"] = saved["impurity"]
+    if importances:
+        plots.importances(_normalised(importances), out / "importances.png",
+                          title="feature importance (each scaled to its largest)")
+        lines += ["", "## Feature importance (validation split)", "", "![importances](importances.png)", "",
+                  "| column | " + " | ".join(importances) + " |", "|---|" + "---|" * len(importances)]
+        first = next(iter(importances.values()))
+        for col in sorted(first, key=lambda c: -first[c]):
+            lines.append(f"| {col} | " + " | ".join(f"{imp.get(col, 0.0):.4g}" for imp in importances.values()) + " |")
+    report = out / "comparison.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
