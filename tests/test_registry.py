@@ -151,3 +151,17 @@ def test_lineage_of_a_run_started_from_another(two_runs, store, tmp_path):
     runs.write_json(run / "manifest.json", {**manifest, "init_from": {"checkpoint": str(two_runs[0] / "checkpoints" / "last.ckpt")}})
     row = registering.register(run, "child", store=store)
     assert row["lineage"] == {"init_from": str(two_runs[0] / "checkpoints" / "last.ckpt")}
+
+
+@pytest.mark.data
+def test_a_classical_run_registers_with_its_estimator_and_table_preprocessing(tmp_path, shared_data, store):
+    """A scikit-learn run has no checkpoint: its version holds model.skops and tabular/, and loads as the run does."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wine_quality").symlink_to(shared_data / "wine_quality")
+    run = train_in_process(tmp_path, ["experiment=wine_rf", "test=true"])
+    row = registering.register(run, "wine", store=store)
+    loaded, direct = runs.load_model(f"models:/wine/{row['version']}", store=store), runs.load_model(run)
+    assert (loaded.run_dir / "model.skops").read_bytes() == (run / "model.skops").read_bytes()
+    assert type(loaded.model) is type(direct.model) and loaded.facts == direct.facts
+    assert row["metrics"] and row["metrics"] == pytest.approx({k: v for k, v in runs.read_json(run / "metrics.json").items()
+                                                               if k.startswith("test/") and isinstance(v, float)})

@@ -114,8 +114,17 @@ def _serve_job(cfg: DictConfig) -> None:
 def _plot_job(cfg: DictConfig) -> None:
     from attnlab.errors import RunError
 
+    if cfg.get("compare"):  # two tabular runs: importances side by side, where their errors agree
+        from attnlab.classical import compare
+
+        pair = list(cfg.compare)
+        if len(pair) != 2:
+            raise RunError("compare takes two runs: python viz/plot.py compare=[<run dir>,<run dir>]")
+        log.info("wrote %s", compare(pair[0], pair[1], Path(cfg.out) if cfg.get("out") else None))
+        return
     if bool(cfg.get("run")) == bool(cfg.get("sweep")):
-        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py sweep=<sweep dir>")
+        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py sweep=<sweep dir>"
+                       "   or   python viz/plot.py compare=[<run dir>,<run dir>]")
     out = Path(cfg.out) if cfg.get("out") else None
     if cfg.get("sweep"):
         from attnlab.sweeps.plots import plot_sweep

@@ -6,7 +6,7 @@ import logging
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -19,7 +19,7 @@ from attnlab.errors import RunError  # noqa: E402
 
 log = logging.getLogger(__name__)
 _STAGES = ("train", "val", "test")
-_SKIP = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_best$|acc_class/|per_sec|time)")
+_SKIP = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_best$|_class/|per_sec|time)")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -136,3 +136,97 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     if not written:
         raise RunError(f"{history_path} holds no train/val metrics to plot")
     return written
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, path: Path, unit: str = "") -> Path:
+    """Predicted against actual values on the diagonal's scale, with the test RMSE and R² in the title."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
+    r2 = 1 - float(np.sum((predicted - actual) ** 2) / max(np.sum((actual - actual.mean()) ** 2), 1e-12))
+    lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.scatter(actual, predicted, s=4, alpha=0.35)
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+    ax.set(xlabel=f"actual{unit}", ylabel=f"predicted{unit}", title=f"RMSE {rmse:.4g}, R² {r2:.3f}")
+    return _save(fig, path)
+
+
+def residuals(actual: np.ndarray, predicted: np.ndarray, path: Path, unit: str = "") -> Path:
+    """Residuals (predicted - actual) against the prediction, and their histogram."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    res = predicted - actual
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.0, 3.4))
+    a.scatter(predicted, res, s=4, alpha=0.35)
+    a.axhline(0, color="black", lw=1)
+    a.set(xlabel=f"predicted{unit}", ylabel="residual", title="residuals")
+    b.hist(res, bins=60)
+    b.set(xlabel="residual", ylabel="rows", title=f"mean {res.mean():.3g}, std {res.std():.3g}")
+    return _save(fig, path)
+
+
+def importances(values: dict[str, dict[str, float]], path: Path, title: str = "feature importance") -> Path:
+    """Horizontal bars per feature, one colour per kind of importance (permutation, impurity), sorted by the first."""
+    kinds = list(values)
+    names = sorted(values[kinds[0]], key=lambda n: values[kinds[0]][n])
+    y = np.arange(len(names))
+    h = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.3 * len(names)))
+    for i, kind in enumerate(kinds):
+        ax.barh(y + i * h, [values[kind].get(n, 0.0) for n in names], height=h, label=kind)
+    ax.set(yticks=y + h * (len(kinds) - 1) / 2, yticklabels=names, title=title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def distributions(frame: Any, path: Path, columns: int = 4) -> Path:
+    """A histogram per numeric column, bar counts per categorical one (the 12 most frequent values)."""
+    import pandas as pd
+
+    names = list(frame.columns)
+    rows = max(1, -(-len(names) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        series = frame[name].dropna()
+        if pd.api.types.is_numeric_dtype(series):
+            ax.hist(series.to_numpy(dtype=float), bins=40)
+        else:
+            counts = series.astype(str).value_counts().head(12)
+            ax.bar(range(len(counts)), counts.to_numpy())
+            ax.set_xticks(range(len(counts)), counts.index, rotation=45, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def class_balance(counts: dict[str, Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
+    """Rows per class, one bar group per split."""
+    x = np.arange(len(class_names))
+    width = 0.8 / max(len(counts), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(class_names)), 3.2))
+    for i, (split, values) in enumerate(counts.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width=width, label=split)
+    ax.set(xticks=x, xticklabels=class_names, ylabel="rows", title="class balance")
+    ax.legend()
+    return _save(fig, path)
+
+
+def histogram(values: np.ndarray, path: Path, title: str = "", log_too: bool = False) -> Path:
+    """A value's histogram, and beside it that of log(1 + value) when `log_too`."""
+    fig, axes = plt.subplots(1, 2 if log_too else 1, figsize=(8.0 if log_too else 4.4, 3.2), squeeze=False)
+    axes[0, 0].hist(values, bins=60)
+    axes[0, 0].set(title=title, ylabel="rows")
+    if log_too:
+        axes[0, 1].hist(np.log1p(values), bins=60)
+        axes[0, 1].set(title="log(1 + value)")
+    return _save(fig, path)
+
+
+def error_scatter(a: np.ndarray, b: np.ndarray, names: Sequence[str], path: Path) -> Path:
+    """Two models' errors on the same rows, one against the other: on the diagonal they err alike."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(a, b, s=4, alpha=0.35)
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+    ax.set(xlabel=f"error of {names[0]}", ylabel=f"error of {names[1]}", title="errors, row by row")
+    return _save(fig, path)

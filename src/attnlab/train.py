@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from attnlab import build, runs, sweeps
+from attnlab import build, classical, runs, sweeps
 from attnlab.adapters import ADAPTER_DIR, is_peft, parameter_counts, save_adapter
 from attnlab.callbacks import AverageCheckpoints, EpochSeed, TrialPruning, trial_pruning, without_validation
 from attnlab.config import is_multirun, repo_root
@@ -143,6 +143,8 @@ def fit_and_test(
     """Build everything (the model from `init_from`'s weights when given), fit, test; returns the final metrics and
     the run's status: `completed`, or `pruned` when a search's pruner stopped it (then it is not tested)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if classical.is_estimator(cfg):  # a scikit-learn estimator: fitted on the table's arrays, no Lightning loop
+        return classical.fit(cfg, run), "completed"
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
     loaded: list[runs.WeightMatch] = []
     datamodule, task = build.assemble(cfg, artifacts=run.dir, init=_weights_from(cfg, init_from, loaded))
@@ -185,6 +187,9 @@ def fit_and_test(
             runs.write_json(run.dir / runs.PLOTS / "test_artifacts.json", task.test_artifacts)
         if trainer.is_global_zero and is_peft(task.model):  # the tested (best) adapter, in peft's own format
             log.info("adapter (peft format) saved to %s", save_adapter(task.model, run.dir / ADAPTER_DIR))
+        if trainer.is_global_zero and hasattr(datamodule, "raw"):  # a table: which columns the model relies on
+            classical.importance(classical.network_predict(task.model, datamodule.preprocessing()), datamodule,
+                                 run.dir / runs.PLOTS)
         averaged = run.dir / runs.CHECKPOINTS / AverageCheckpoints.AVERAGED
         if cfg.get("average_last") and averaged.is_file():  # the same test on the averaged weights, beside the best's
             task.figures_dir = run.dir / runs.PLOTS / "averaged"
@@ -203,6 +208,10 @@ def dry_run(cfg: DictConfig) -> None:
 
     Trackers are left out (they would create runs) and no data is read, so a bad override fails in seconds.
     """
+    if classical.is_estimator(cfg):  # its facts (the table's columns) need the data: check the keys only
+        build.check(cfg.data, "data")
+        log.info("dry run ok: %s (a scikit-learn estimator; its arguments are checked when it is fitted)", cfg.name)
+        return
     build.assemble(cfg, init=_weights_from(cfg, _init_source(cfg), []))
     build.instantiate(cfg.trainer, "trainer", logger=False, callbacks=_build_callbacks(cfg))
     overrides = " ".join(HydraConfig.get().overrides.task)

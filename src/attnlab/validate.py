@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from attnlab import build, runs
+from attnlab import build, classical, runs
 from attnlab.errors import ConfigError
 from attnlab.runs import registry
 
@@ -37,7 +37,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"unknown split '{cfg.split}'; choose one of: {', '.join(SPLITS)}")
     loaded = runs.load_model(cfg.run, str(cfg.ckpt), store=cfg.get("store"))  # a run directory or models:/<name>@<alias>
-    run_cfg, run_dir, ckpt_path = loaded.cfg, loaded.run_dir, loaded.checkpoint
+    run_cfg, run_dir = loaded.cfg, loaded.run_dir
     if cfg.get("data_dir"):
         node = run_cfg.data.source if "data_dir" in run_cfg.data.get("source", {}) else run_cfg.data  # translation: data.source
         node.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
@@ -52,11 +52,14 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         build.check(run_cfg.data, "data")  # a key the run's data module does not take is one clear line
     # Around the loaded model: the task (its metrics, no optimizer) and the data module of the split evaluated.
     datamodule = build.make_datamodule(run_cfg, artifacts=run_dir)
-    task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
     out_dir = registry.validation_dir(run_dir)  # a registered model's: results/validation/<name>-v<version>/
     # With changed task settings the report is named after them, beside (never over) the plain one.
     changed = {**(cfg.get("task") or {}), **(cfg.get("data") or {})}
     name = "_".join([cfg.split, *(f"{k}={_file_safe(v)}" for k, v in sorted(changed.items()))])
+    if classical.is_estimator_run(run_dir):  # a scikit-learn estimator: the same metric code, no Lightning loop
+        metrics, artifacts = classical.evaluate(loaded.model, datamodule, cfg.split, out_dir / name)
+        return _report(cfg, run_cfg, out_dir, name, loaded, metrics, artifacts, datamodule)
+    task = build.make_task(run_cfg, loaded.model, loaded.facts, training=False)
     task.figures_dir = out_dir / name
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule.prepare_data()
@@ -76,14 +79,22 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     results = {k: v for per_loader in trainer.test(task, datamodule=split, verbose=False) for k, v in per_loader.items()}
     results.update(task.test_labels)
     # The test loop logs under test/; name the numbers after the split they were computed on.
-    metrics = runs.finite_metrics({f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()})
-    report = {"run": str(run_dir), "registered": registry.source_of(run_dir), "checkpoint": str(ckpt_path), "split": cfg.split, "seed": run_cfg.get("seed"),
-              "task": dict(cfg.get("task") or {}), "data": dict(cfg.get("data") or {}), "metrics": metrics,
-              "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **task.test_artifacts}
-    out_dir.mkdir(exist_ok=True)
+    metrics = {f"{cfg.split}/{k.split('/', 1)[1]}": v for k, v in results.items()}
+    return _report(cfg, run_cfg, out_dir, name, loaded, metrics, task.test_artifacts, datamodule)
+
+
+def _report(cfg: DictConfig, run_cfg: DictConfig, out_dir: Path, name: str, loaded: runs.LoadedRun,
+            metrics: dict[str, Any], artifacts: dict[str, Any], datamodule: Any) -> dict[str, Any]:
+    """Write validation/<name>.json (metrics, what was validated, lineage, the task's artifacts) and print a table."""
+    metrics = runs.finite_metrics(metrics)
+    report = {"run": str(loaded.run_dir), "registered": registry.source_of(loaded.run_dir),
+              "checkpoint": str(loaded.checkpoint), "split": cfg.split,
+              "seed": run_cfg.get("seed"), "task": dict(cfg.get("task") or {}), "data": dict(cfg.get("data") or {}),
+              "metrics": metrics, "parents": datamodule.lineage() if hasattr(datamodule, "lineage") else [], **artifacts}
+    out_dir.mkdir(parents=True, exist_ok=True)
     runs.write_json(out_dir / f"{name}.json", report)
-    _print_table(f"{registry.label(run_dir)}: {cfg.split} ({ckpt_path.name})", metrics)
-    log.info("wrote %s and figures in %s", out_dir / f"{name}.json", task.figures_dir)
+    _print_table(f"{registry.label(loaded.run_dir)}: {cfg.split} ({loaded.checkpoint.name})", metrics)
+    log.info("wrote %s and figures in %s", out_dir / f"{name}.json", out_dir / name)
     return report
 
 

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from attnlab.data.summarization import write_fake_summaries
@@ -89,3 +91,40 @@ def sum_cli(tmp_path, shared_data):
     write_fake_summaries(root)
     (root / "gpt2_tokenizer").symlink_to(shared_data / "gpt2_tokenizer")
     return make_cli(tmp_path, root, ["++data.max_len=128", "++data.batch_size=4", "tracker=csv", *QUIET])
+
+
+def write_tables(root: Path, seed: int = 0) -> None:
+    """Wine (12 columns, no header, scores 4-7), California (header, holes in total_bedrooms, a categorical column, USD
+    target), Boston (14 columns, no header): small, learnable, in the shared data folders' layout."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    x = rng.normal(size=(n, 11))
+    quality = np.digitize(x[:, 10] - x[:, 1], [-1.0, 0.0, 1.0]) + 4
+    (root / "wine_quality").mkdir(parents=True)
+    for colour in ("red", "white"):
+        pd.DataFrame(np.column_stack([x, quality])).to_csv(root / "wine_quality" / f"winequality-{colour}.csv",
+                                                           index=False, header=False)
+    m = 300
+    income = rng.uniform(1, 10, m)
+    frame = pd.DataFrame({
+        "longitude": rng.uniform(-124, -114, m), "latitude": rng.uniform(32, 42, m),
+        "housing_median_age": rng.integers(1, 52, m), "total_rooms": rng.integers(200, 5000, m),
+        "total_bedrooms": rng.integers(50, 1000, m).astype(float), "population": rng.integers(100, 3000, m),
+        "households": rng.integers(50, 1000, m), "median_income": income,
+        "median_house_value": (40_000 * income + rng.normal(0, 10_000, m)).clip(15_000, 500_001),
+        "ocean_proximity": rng.choice(["<1H OCEAN", "INLAND", "NEAR BAY"], m)})
+    frame.loc[rng.choice(m, 10, replace=False), "total_bedrooms"] = np.nan
+    (root / "california_housing").mkdir()
+    frame.to_csv(root / "california_housing" / "housing.csv.gz", index=False)
+    b = rng.normal(size=(150, 13))
+    (root / "boston_housing").mkdir()
+    pd.DataFrame(np.column_stack([b, 22 + 5 * b[:, 5] - 3 * b[:, 12]])).to_csv(
+        root / "boston_housing" / "housing.csv", index=False, header=False)
+
+
+@pytest.fixture
+def table_cli(tmp_path):
+    """Generated wine, California and Boston tables in ../shared/data's layout, CSV tracking."""
+    root = tmp_path / "data"
+    write_tables(root)
+    return make_cli(tmp_path, root, [*QUIET, "tracker=csv"])

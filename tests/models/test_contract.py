@@ -7,7 +7,9 @@ alone: language modelling), so a new model file is tested without an edit here, 
 A trained model then runs forward and backward to a finite loss with a finite gradient on every parameter, states
 its output layer (the last module with weights to run, of the output's shape), and its state_dict saved with
 torch.save and read back with `torch.load(weights_only=True)` into a fresh instance gives identical outputs in eval
-mode. A count-based model (one with `fit`, no parameters) is fitted, scored and round-tripped instead.
+mode. A count-based model (one with `fit`, no parameters) is fitted, scored and round-tripped instead; a classical
+estimator (scikit-learn, from the data's `target_kind`) is fitted on a tiny table, predicts and round-trips through
+skops to the same predictions.
 """
 
 import io
@@ -29,6 +31,8 @@ B, T = 3, 12
 IMAGE_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 5, "class_names": list("abcde")}
 TEXT_FACTS = {"vocab_size": 40, "pad_id": 0, "max_len": 16, "num_classes": 3, "class_names": ["a", "b", "c"]}
 LM_FACTS = {"vocab_size": 40, "max_len": 16, "eos_id": 1, "token_bytes": None, "tokenizer": None}
+TABLE_FACTS = {"in_features": 6, "num_numeric": 4, "cat_cardinalities": [3, 2], "num_classes": 3,
+               "class_names": ["a", "b", "c"], "target_kind": "classification"}
 SEQ2SEQ_FACTS = {"src_vocab_size": 40, "tgt_vocab_size": 44, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2, "eos_id": 3,
                  "max_src_len": 16, "max_tgt_len": 16, "shared_vocab": False}
 # Size arguments, shrunk wherever a model takes them (a value per type where models differ: CNN's hidden is a
@@ -49,7 +53,11 @@ def model_config(name: str):
     """The model node Hydra composes for `model=<name>`, with tiny sizes and no hub download."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         node = compose(f"model/{name}").model  # the option alone: what `model=<name>` puts under cfg.model, 3x faster
-    params, hints, _ = build.parameters(build.check(node, "model", facts={**IMAGE_FACTS, **TEXT_FACTS, **LM_FACTS, **SEQ2SEQ_FACTS}))
+    with open_dict(node):
+        if "seed" in node:  # an estimator's ${seed} (the run's) has no root config here
+            node["seed"] = 0
+    params, hints, _ = build.parameters(build.check(node, "model", facts={**IMAGE_FACTS, **TEXT_FACTS, **LM_FACTS,
+                                                                          **SEQ2SEQ_FACTS, **TABLE_FACTS}))
     with open_dict(node):
         for key, candidates in TINY.items():
             if key in params:
@@ -66,13 +74,17 @@ def family(name: str, params: dict) -> str:
         return "image_classifier" if "num_classes" in params else "reconstruction"
     if "src_vocab_size" in params:
         return "seq2seq"
+    if "target_kind" in params:
+        return "estimator"
+    if "num_numeric" in params or "in_features" in params:
+        return "table"
     if "vocab_size" in params:
         return "text_classifier" if "num_classes" in params else "language_model"
     pytest.fail(f"model={name} takes none of image_size, src_vocab_size, vocab_size: teach tests/models/test_contract.py its family")
 
 
 FACTS = {"image_classifier": IMAGE_FACTS, "reconstruction": IMAGE_FACTS, "text_classifier": TEXT_FACTS,
-         "language_model": LM_FACTS, "seq2seq": SEQ2SEQ_FACTS}
+         "language_model": LM_FACTS, "seq2seq": SEQ2SEQ_FACTS, "table": TABLE_FACTS, "estimator": TABLE_FACTS}
 
 
 def batch(kind: str, seed: int = 0) -> tuple[torch.Tensor | dict[str, torch.Tensor], torch.Tensor]:
@@ -81,6 +93,10 @@ def batch(kind: str, seed: int = 0) -> tuple[torch.Tensor | dict[str, torch.Tens
     if kind in ("image_classifier", "reconstruction"):
         x = torch.rand(B, IMAGE_FACTS["in_channels"], IMAGE_FACTS["image_size"], IMAGE_FACTS["image_size"], generator=g)
         return x, (x if kind == "reconstruction" else torch.randint(0, IMAGE_FACTS["num_classes"], (B,), generator=g))
+    if kind in ("table", "estimator"):  # 4 standardised values, then ordinal category ids (-1: unknown)
+        cats = torch.stack([torch.randint(-1, c, (B,), generator=g) for c in TABLE_FACTS["cat_cardinalities"]], 1)
+        return torch.cat([torch.randn(B, TABLE_FACTS["num_numeric"], generator=g), cats.float()], 1), torch.randint(
+            0, TABLE_FACTS["num_classes"], (B,), generator=g)
     if kind == "text_classifier":
         ids = torch.randint(1, TEXT_FACTS["vocab_size"], (B, T), generator=g)
         mask = torch.arange(T) < torch.tensor([T, T - 4, 2])[:, None]  # padding at the end, one short text
@@ -149,6 +165,8 @@ def test_model_contract(name):
     torch.manual_seed(1)
     fresh = build.instantiate(node, "model", facts)
     inputs, targets = batch(kind)
+    if kind == "estimator":
+        return estimator_contract(model)
     if hasattr(model, "fit"):
         return count_model_contract(model, fresh, inputs)
 
@@ -188,3 +206,22 @@ def count_model_contract(model: nn.Module, fresh: nn.Module, inputs: torch.Tenso
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(B, T))
     round_trip(model, fresh, inputs)
 
+
+
+def estimator_contract(estimator) -> None:
+    """A scikit-learn estimator: fits a tiny learnable table, predicts every row, and its skops file (scikit-learn
+    types only, loaded without pickle) predicts the same."""
+    from attnlab.runs import load_skops, save_skops
+
+    rng = torch.Generator().manual_seed(3)
+    x = torch.randn(90, 5, generator=rng).numpy()
+    y = (x[:, 0] > 0.4).astype(int) + (x[:, 1] > 0.4).astype(int)  # 3 classes
+    estimator.fit(x, y)
+    pred = estimator.predict(x)
+    assert pred.shape == (90,) and (pred == y).mean() > 0.6
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_skops(estimator, Path(tmp) / "m.skops")
+        assert (load_skops(Path(tmp) / "m.skops").predict(x) == pred).all()

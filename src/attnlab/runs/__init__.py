@@ -26,18 +26,20 @@ from attnlab.runs.directory import (
     git_state,
     load_checkpoint,
     load_config,
+    load_skops,
     package_versions,
     read_history,
     read_json,
     record_failure,
     require_run,
+    save_skops,
     write_json,
 )
 from attnlab.runs.loading import LoadedRun, WeightMatch, init_weights, load_model, match_weights, model_weights, resolve_init_from
 
 __all__ = [
     "CHECKPOINTS", "CONFIG", "HISTORY", "MANIFEST", "METRICS", "PLOTS", "LoadedRun", "Run", "WeightMatch",
-    "describe_error", "find_checkpoint", "finite_metrics", "git_state", "init_weights", "load_checkpoint", "load_config",
+    "describe_error", "find_checkpoint", "finite_metrics", "git_state", "init_weights", "load_checkpoint", "load_config", "load_skops", "save_skops",
     "load_model", "match_weights", "model_weights", "package_versions", "read_history", "read_json", "record_failure",
     "require_run", "resolve_init_from", "write_json",
 ]

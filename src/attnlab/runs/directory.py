@@ -216,3 +216,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RunError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+_SKOPS_ROOTS = ("sklearn", "numpy", "scipy", "builtins", "collections")
+
+
+def save_skops(obj: Any, path: Path) -> None:
+    """Save a scikit-learn object with skops (a format that loads without executing code), atomically."""
+    import skops.io as sio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    sio.dump(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_skops(path: Path) -> Any:
+    """Load a skops file, trusting only types of scikit-learn, numpy and scipy: never pickle, never code from a file."""
+    import skops.io as sio
+
+    if not path.is_file():
+        raise RunError(f"no such file {path}")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+        foreign = [t for t in untrusted if t.split(".")[0] not in _SKOPS_ROOTS]
+        if foreign:
+            raise RunError(f"{path} holds types outside scikit-learn/numpy/scipy ({', '.join(foreign[:5])}); refused")
+        return sio.load(path, trusted=untrusted)
+    except RunError:
+        raise
+    except Exception as err:
+        raise RunError(f"cannot load {path}: {type(err).__name__}: {str(err)[:300]}") from None

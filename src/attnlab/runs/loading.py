@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from attnlab import build
 from attnlab.runs import registry
 from attnlab.errors import ConfigError, RunError
-from attnlab.runs.directory import CONFIG, find_checkpoint, load_checkpoint, load_config, require_run
+from attnlab.runs.directory import CONFIG, find_checkpoint, load_checkpoint, load_config, load_skops, require_run
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -35,7 +35,8 @@ MODEL_PREFIX = "model."  # a task holds its model as `self.model`, so a checkpoi
 class LoadedRun:
     """A trained run, ready to use: for an image run, `model(preprocess(uint8 images))` is what its task computed."""
 
-    model: nn.Module  # the checkpoint's weights, eval mode, transformed as at training (`compile`)
+    model: nn.Module  # the checkpoint's weights, eval mode, transformed as at training (`compile`); for a classical
+    # run the fitted scikit-learn estimator (model.skops), which reads `preprocess.transform(rows)`
     preprocess: Any  # raw input -> what the model reads: an ImageNormalization (images), a ReviewPreprocessing (text
     # classification), the tokenizer (language models), a Translation- or SummarizationPreprocessing
     cfg: DictConfig  # the run's resolved config (paths.output_dir: where the run is now)
@@ -67,6 +68,8 @@ def load_model(run_dir: str | Path, ckpt: str | Path = "best", *, store: str | N
         run_dir = registry.fetch(str(run_dir), store=store)
     path = require_run(run_dir)
     cfg = load_config(path)
+    if (path / ESTIMATOR).is_file():
+        return _load_estimator(path, cfg)
     ckpt_path = find_checkpoint(path, str(ckpt))
     weights = model_weights(load_checkpoint(ckpt_path))
     datamodule = build.make_datamodule(cfg)
@@ -101,6 +104,19 @@ def load_model(run_dir: str | Path, ckpt: str | Path = "best", *, store: str | N
         model = build.make_model(cfg, facts, init=load)
     model.eval()
     return LoadedRun(model=model, preprocess=preprocess, cfg=cfg, facts=dict(facts), checkpoint=ckpt_path, run_dir=path)
+
+
+ESTIMATOR = "model.skops"  # a classical run's fitted estimator (attnlab.classical)
+
+
+def _load_estimator(path: Path, cfg: DictConfig) -> LoadedRun:
+    """A classical run: its estimator (skops, scikit-learn types only) and its table preprocessing."""
+    datamodule = build.make_datamodule(cfg)
+    if not datamodule.load_artifacts(path):
+        raise RunError(f"{path} holds no saved table preprocessing (tabular/); copy that folder back into the run")
+    estimator = load_skops(path / ESTIMATOR)
+    return LoadedRun(model=estimator, preprocess=datamodule.preprocessing(), cfg=cfg, facts=dict(datamodule.facts()),
+                     checkpoint=path / ESTIMATOR, run_dir=path)
 
 
 HF_DIR = "hf"  # in a run directory: the model exported in Hugging Face's format (a fine-tuning base)

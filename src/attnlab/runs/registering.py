@@ -45,7 +45,7 @@ def register(run_dir: str | Path, name: str, *, alias: str | None = None, store:
         "run_id": str(manifest.get("run_id") or run.name), "run_dir": str(run), "git_commit": str(git.get("commit")),
         "git_dirty": str(git.get("dirty")), "seed": str(manifest.get("seed")), "experiment": str(cfg.get("name")),
         "task": str(cfg.task._target_).rsplit(".", 1)[-1], "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
-        "checkpoint": best.name, "registered_by": registry.user(), "registered_at": registry.now(),
+        "checkpoint": best.name if best else registry.ESTIMATOR, "registered_by": registry.user(), "registered_at": registry.now(),
         **{f"data.{k}": registry.tag_value(v, 500) for k, v in sorted(loaded.facts.items())},
         **{k: repr(float(v)) for k, v in test.items()},
         **{f"lineage.{k}": registry.tag_value(v) for k, v in registry.lineage(run).items()},
@@ -59,10 +59,11 @@ def register(run_dir: str | Path, name: str, *, alias: str | None = None, store:
             mlflow.log_metric(run_id, key, float(value))
         mlflow.log_param(run_id, "seed", manifest.get("seed"))
         mlflow.log_param(run_id, "experiment", cfg.get("name"))
-        with tempfile.TemporaryDirectory() as tmp:  # the best checkpoint only, under its own name
-            (Path(tmp) / CHECKPOINTS).mkdir()
-            shutil.copy2(best, Path(tmp) / CHECKPOINTS / best.name)
-            mlflow.log_artifacts(run_id, str(Path(tmp)), registry.ARTIFACT_PATH)
+        if best is not None:  # the best checkpoint only, under its own name
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / CHECKPOINTS).mkdir()
+                shutil.copy2(best, Path(tmp) / CHECKPOINTS / best.name)
+                mlflow.log_artifacts(run_id, str(Path(tmp)), registry.ARTIFACT_PATH)
         for path in files:
             if path.is_dir():
                 mlflow.log_artifacts(run_id, str(path), f"{registry.ARTIFACT_PATH}/{path.name}")

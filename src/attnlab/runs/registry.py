@@ -41,6 +41,7 @@ EXPERIMENT = "attnlab-registry"  # the MLflow experiment that holds one run per 
 ARTIFACT_PATH = "model"  # the version's files, under the MLflow run's artifacts
 SOURCE_FILE = "registry.json"  # in a fetched copy: which version of which model it is
 CACHE = "registry_cache"
+ESTIMATOR = "model.skops"  # a classical run's fitted estimator (attnlab.runs.loading)
 NOT_REGISTERED = {CHECKPOINTS, "plots", "validation", "export", "hf", "wandb", "tensorboard", "mlruns", "csv",
                   "lightning_logs", ".hydra"}  # a run's folders that loading never reads (checkpoints: the best only)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -199,7 +200,7 @@ def fetch(uri: str, *, store: str | None = None, cache_dir: Path | None = None) 
                            f"({type(err).__name__}: {_short(err)}); register the run again") from None
         files = tmp / ARTIFACT_PATH if (tmp / ARTIFACT_PATH).is_dir() else tmp
         lost = [p for p in (CONFIG, MANIFEST) if not (files / p).is_file()]
-        if lost or not any((files / CHECKPOINTS).glob("*.ckpt")):
+        if lost or not (any((files / CHECKPOINTS).glob("*.ckpt")) or (files / ESTIMATOR).is_file()):
             raise RunError(f"{uri} (version {version.version} of {name!r}): files missing at {version.source}: "
                            f"{', '.join(lost) or 'no checkpoint'}; register the run again")
         (files / SOURCE_FILE).write_text(json.dumps({"name": name, "version": int(version.version), "run_id":
@@ -251,11 +252,12 @@ def tag_value(value: Any, limit: int = 4000) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_files(run_dir: Path) -> tuple[list[Path], Path]:
-    """(the run's files and folders a version holds, its best checkpoint)."""
+def run_files(run_dir: Path) -> tuple[list[Path], Path | None]:
+    """(the run's files and folders a version holds, its best checkpoint: None for a classical run, whose fitted
+    estimator is the file model.skops among the others)."""
     run = require_run(run_dir)
     files = [p for p in sorted(run.iterdir()) if p.name not in NOT_REGISTERED and not p.name.endswith((".tmp", ".log"))]
-    return files, find_checkpoint(run, "best")
+    return files, None if (run / ESTIMATOR).is_file() else find_checkpoint(run, "best")
 
 
 def lineage(run_dir: Path) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from attnlab.config import metric_mode
 from attnlab.errors import ConfigError, RunError
 
 log = logging.getLogger("attnlab")
-_FOLDED = ("seed", "resume", "optuna_trial")  # overrides that do not make a new configuration
-_NOT_MAIN = re.compile(r"(^epoch$|^lr-|/lr(/|$)|acc_class/|per_sec|time|_step$|_epoch$)")
+_FOLDED = ("seed", "resume", "optuna_trial", "data.fold", "data.repeat")  # replicates, not new configurations (k-fold: data.fold)
+_NOT_MAIN = re.compile(r"(^epoch$|^lr-|/lr(/|$)|_class/|per_sec|time|_step$|_epoch$)")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Classification: cross-entropy with optional label smoothing; accuracy, macro F1, per-class accuracy, confusion matrix."""
+"""Classification: cross-entropy with optional label smoothing and class weights; accuracy, macro F1, per-class
+accuracy, precision, recall and F1, confusion matrix."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class ClassificationTask(Task):
         num_classes: int,
         class_names: list[str] | None = None,
         label_smoothing: float = 0.0,
+        class_weights: bool = False,
+        class_counts: list[int] | None = None,
     ) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler)
         if not 0.0 <= label_smoothing < 1.0:
@@ -33,6 +36,14 @@ class ClassificationTask(Task):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.label_smoothing = label_smoothing
+        # Inverse-frequency weights ("balanced": n / (k * count)) from the training split's class counts, a data fact.
+        weights = None
+        if class_weights:
+            if not class_counts:
+                raise ValueError("class_weights=true needs the data's class counts; this data module states none")
+            counts = torch.tensor(class_counts, dtype=torch.float).clamp(min=1)
+            weights = counts.sum() / (len(counts) * counts)
+        self.register_buffer("class_weight", weights, persistent=False)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -46,7 +57,8 @@ class ClassificationTask(Task):
         x, y = batch
         logits = self._forward(x)  # (B, C)
         # Smoothing is a training regulariser; evaluation reports the plain cross-entropy.
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        loss = F.cross_entropy(logits, y, weight=self.class_weight if stage == "train" else None,
+                               label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         preds = logits.argmax(dim=-1)
         acc = getattr(self, f"{stage}_acc")
         acc(preds, y)
@@ -76,6 +88,8 @@ class ClassificationTask(Task):
         for name, value in zip(self.class_names, per_class):
             self.log(f"test/acc_class/{name}", value)
         confusion = self.test_confusion.compute().cpu()
+        for key, value in per_class_report(confusion, self.class_names).items():
+            self.log(f"test/{key}", value)
         self.test_artifacts = {"confusion_matrix": confusion.tolist(), "class_names": self.class_names}
         if not self.trainer.is_global_zero:
             return
@@ -107,3 +121,17 @@ class ClassificationTask(Task):
         plots.image_grid({name: x.float().numpy() for name, x in stages.items()}, path, captions=captions,
                          title=f"labels: {' '.join(self.class_names[y] for y in labels.tolist())}")
         self.publish_figure("test/inputs", path)
+
+
+def per_class_report(confusion: Tensor, class_names: list[str]) -> dict[str, float]:
+    """Precision, recall and F1 of each class from a confusion matrix (rows: true, columns: predicted), named
+    `precision_class/<name>`, `recall_class/<name>`, `f1_class/<name>`; 0 where a class is never predicted or seen."""
+    cm = confusion.double()
+    hits = cm.diagonal()
+    precision = hits / cm.sum(0).clamp(min=1)
+    recall = hits / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    report = {}
+    for kind, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        report.update({f"{kind}_class/{name}": float(v) for name, v in zip(class_names, values)})
+    return report

@@ -1,0 +1,64 @@
+"""A table's data report before any training: summary statistics per column, distributions, and the class balance or
+the target's histogram, as figures and a markdown summary (`python viz/plot.py data=<table config>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_report(datamodule: Any, out_dir: Path) -> str:
+    """Write figures into out_dir and return the report's markdown; statistics are over the whole table read (every
+    split), the class counts per split."""
+    import pandas as pd
+
+    from attnlab import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = datamodule.frames
+    table = pd.concat(list(frames.values()), ignore_index=True)
+    target = datamodule.target
+    lines = [f"# Data report: {', '.join(Path(f).name for f in datamodule.files)}", "",
+             f"{len(table):,} rows, {table.shape[1] - 1} feature column(s), target `{target}` ({datamodule.kind}); "
+             + ", ".join(f"{s} {len(f):,}" for s, f in frames.items()) + " rows.", "",
+             "| column | type | count | missing | mean | std | min | max | distinct |", "|---|---|---|---|---|---|---|---|---|"]
+    for col in table.columns:
+        series = table[col]
+        numeric = pd.api.types.is_numeric_dtype(series)
+        stats = [f"{series.mean():.4g}", f"{series.std():.4g}", f"{series.min():.4g}", f"{series.max():.4g}"] if numeric \
+            else ["", "", "", ""]
+        lines.append(f"| {col}{' (target)' if col == target else ''} | {'numeric' if numeric else 'categorical'} | "
+                     f"{int(series.count()):,} | {int(series.isna().sum()):,} | " + " | ".join(stats)
+                     + f" | {series.nunique():,} |")
+    features = [c for c in table.columns if c != target]
+    plots.distributions(table[features], out_dir / "distributions.png")
+    lines += ["", "![distributions](distributions.png)", ""]
+    if datamodule.kind == "classification":
+        counts = {split: frame[target].astype(str).value_counts() for split, frame in frames.items()}
+        names = sorted(set().union(*(c.index for c in counts.values())), key=_order)
+        lines += ["## Class balance", "", "| class | " + " | ".join(counts) + " | share |",
+                  "|---|" + "---|" * (len(counts) + 1)]
+        total = sum(int(c.sum()) for c in counts.values())
+        for name in names:
+            n = [int(c.get(name, 0)) for c in counts.values()]
+            lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in n) + f" | {100 * sum(n) / total:.1f}% |")
+        plots.class_balance({s: [int(c.get(n, 0)) for n in names] for s, c in counts.items()}, names,
+                            out_dir / "class_balance.png")
+        lines += ["", "![class balance](class_balance.png)"]
+    else:
+        values = table[target].to_numpy(dtype=float)
+        plots.histogram(values, out_dir / "target.png", title=f"{target}: {len(values):,} values",
+                        log_too=bool(np.all(values > 0)))
+        lines += ["## Target", "", f"mean {values.mean():.5g}, median {np.median(values):.5g}, std {values.std():.5g}, "
+                  f"min {values.min():.5g}, max {values.max():.5g} ({int(np.sum(values == values.max())):,} rows at the "
+                  "max: a cap?)", "", "![target](target.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _order(name: str) -> tuple[int, float, str]:
+    try:
+        return 0, float(name), ""
+    except ValueError:
+        return 1, 0.0, name
