@@ -184,7 +184,8 @@ def fetch(uri: str, *, store: str | None = None, cache_dir: Path | None = None) 
     version = resolve(uri, store=store, mlflow=mlflow)
     name = check_name(version.name)
     cache = Path(cache_dir) if cache_dir else results_dir() / CACHE
-    target = cache / name / f"v{int(version.version)}-{version.run_id}"
+    run_id = re.sub(r"[^A-Za-z0-9]", "", str(version.run_id or ""))[:32]  # from the store: never a path of its own
+    target = cache / name / f"v{int(version.version)}-{run_id}"
     if (target / SOURCE_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
