@@ -50,6 +50,12 @@ def test_every_table_experiment_runs_and_validates(table_cli):
     wine_rf = read(found["wine_rf"] / "metrics.json")
     assert wine_rf["test/acc"] > 0.6 and "test/precision_class/5" in wine_rf  # learnable: chance is about 0.3
 
+    for a, b, words in (("wine_rf", "wine_gbt", "both right"), ("california_rf", "california_gbt", "errors correlate")):
+        table_cli("viz/plot.py", f"compare=[{found[a]},{found[b]}]")
+        report = (found[a] / "comparison" / found[b].name / "comparison.md").read_text()
+        assert words in report and "## Feature importance" in report, report
+        assert ("median_income" in report) == (a == "california_rf")  # the importance table names the columns
+
     for name in ("wine_rf", "california_mlp"):
         table_cli("val/validate.py", f"run={found[name]}")
         recorded, report = read(found[name] / "metrics.json"), read(found[name] / "validation" / "test.json")
@@ -71,3 +77,12 @@ def test_kfold_sweep_summary_and_bad_tables(table_cli):
     empty.write_text("")
     out = table_cli("app/train.py", "experiment=boston_mlp", f"data.files=[{empty}]", expect=2)
     assert "empty.csv is empty" in out.stderr
+
+
+def test_wine_quality_read_as_ordinal_regression(table_cli):
+    """The dataset paper's reading: quality as a number, the rounded prediction's accuracy beside RMSE and MAE."""
+    table_cli("app/train.py", "experiment=wine_mlp", "data.kind=regression", "task=regression",
+              "task.round_accuracy=true", "trainer.max_epochs=2")
+    (run,) = (table_cli.results / "runs").iterdir()
+    metrics = read(run / "metrics.json")
+    assert 0 <= metrics["test/acc_rounded"] <= 1 and metrics["test/mae"] > 0 and "test/f1" not in metrics

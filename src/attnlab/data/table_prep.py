@@ -96,6 +96,12 @@ class TablePreprocessing:
             frame[col] = values
         return np.asarray(self.transformer.transform(frame), dtype=np.float32)
 
+    def to_batch(self, rows: Sequence[Mapping[str, Any]]) -> Any:
+        """Raw rows (dicts of column -> value: a request, a CSV or JSONL row) -> the model's (B, F) float32 batch."""
+        import torch
+
+        return torch.from_numpy(self.transform(rows_frame(rows)))
+
     # -- targets ----------------------------------------------------------------------------------------------------
     def encode_target(self, values: Any, *, scaled: bool = True) -> np.ndarray:
         """Class ids (int64) for classification; for regression the value, log- and standardised when `scaled`."""
