@@ -24,6 +24,12 @@ NEEDS = {
     **{("model", m): ["data=imdb"] for m in ("rnn", "lstm", "gru", "encoder", "bert", "roberta", "distilbert", "hf_classifier")},
     ("model", "autoencoder"): ["task=reconstruction", "data.target=image"],
     ("data", "imdb"): ["model=lstm"],
+    ("data", "tabular"): ["data.files=[t.csv]", "data.target=y", "data.kind=regression", "task=regression", "model=mlp"],
+    ("data", "wine_quality"): ["model=mlp"],
+    **{("data", d): ["model=mlp", "task=regression"] for d in ("california_housing", "boston_housing")},
+    **{("model", m): ["data=wine_quality"] for m in ("ft_transformer", "random_forest", "gbt", "bagging", "stacking",
+                                                    "voting", "sk_linear")},
+    ("task", "regression"): ["data=california_housing", "model=mlp"],
     **{("model", m): LM for m in ("gpt", "lstm_lm", "hf_causal_lm")},
     ("model", "ngram"): ["data=tinystories_sample", "task=count_lm"],
     **{("data", d): ["model=gpt", "task=language_modeling"] for d in ("tinystories", "tinystories_sample")},
@@ -42,6 +48,10 @@ SEQ2SEQ_FACTS = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, "src_pad_id": 0
                  "eos_id": 3, "max_src_len": 64, "max_tgt_len": 64, "shared_vocab": True, "test_sets": ["test"],
                  "tgt_tokenizer": None}
 FACTS["attnlab.data.translation.TranslationDataModule"] = SEQ2SEQ_FACTS
+FACTS["attnlab.data.tabular.TabularDataModule"] = {
+    "in_features": 12, "target_kind": "classification", "num_numeric": 12, "cat_cardinalities": [], "num_classes": 6,
+    "class_names": list("345678"), "class_counts": [1] * 6, "num_outputs": 1, "target_mean": 0.0, "target_std": 1.0,
+    "log_target": False}
 FACTS["attnlab.data.summarization.SummarizationDataModule"] = {
     "vocab_size": 50257, "max_len": 512, "eos_id": 50256, "pad_id": 50256, "tokenizer": None, "max_summary_len": 64,
     "test_sets": ["scitldr", "dialogsum"], "template": "{source}\nTL;DR:"}
