@@ -180,3 +180,11 @@ def test_full_batch_means_one_batch_an_epoch(wine_csv):
     dm = module([wine_csv], columns=["a", "b", "c", "quality"], target="quality", kind="classification", batch_size="full")
     dm.setup()
     assert len(dm.train_dataloader()) == 1
+
+
+def test_the_quantile_scaler_tames_heavy_tails(house_csv):
+    plain = module([house_csv], target="price", kind="regression", ratios={"r": ["income", "rooms"]})
+    quantile = module([house_csv], target="price", kind="regression", ratios={"r": ["income", "rooms"]}, scaler="quantile")
+    row = [{"rooms": 0.01, "income": 9.0, "place": "bay"}]  # a ratio far beyond anything in training
+    assert np.abs(plain.preprocessing().transform(row)).max() > 10
+    assert np.abs(quantile.preprocessing().transform(row)).max() < 6

@@ -54,6 +54,7 @@ class TabularDataModule(L.LightningDataModule):
         repeat: int = 0,
         impute: Literal["median", "mean", "most_frequent"] = "median",
         missing_indicator: bool = False,
+        scaler: Literal["standard", "quantile", "robust"] = "standard",
         categorical_encoding: Literal["onehot", "ordinal"] = "onehot",
         log_target: bool = False,
         batch_size: int | Literal["full"] = 256,
@@ -74,6 +75,8 @@ class TabularDataModule(L.LightningDataModule):
             raise ConfigError("data.folds and data.test_file both given: k-fold makes its own test fold; choose one")
         if batch_size != "full" and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"data.batch_size={batch_size!r}: a positive number, or full (the whole training split)")
+        if scaler not in ("standard", "quantile", "robust"):
+            raise ConfigError(f"data.scaler: unknown scaler {scaler!r}; choose one of: standard, quantile, robust")
         if log_target and kind != "regression":
             raise ConfigError("data.log_target=true is for regression targets; this table's kind is classification")
         self.files = [str(f) for f in files]
@@ -86,7 +89,7 @@ class TabularDataModule(L.LightningDataModule):
         self.val_file, self.test_file = val_file, test_file
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.folds, self.fold, self.repeat = folds, fold, repeat
-        self.impute, self.missing_indicator = impute, missing_indicator
+        self.impute, self.missing_indicator, self.scaler = impute, missing_indicator, scaler
         self.categorical_encoding = categorical_encoding
         self.log_target = log_target
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -128,7 +131,8 @@ class TabularDataModule(L.LightningDataModule):
             self.prep = fit_preprocessing(
                 train, target=self.target, kind=self.kind, features=self._feature_names(train),
                 categorical=self.categorical, impute=self.impute, missing_indicator=self.missing_indicator,
-                encoding=self.categorical_encoding, log_target=self.log_target, ratios=self.ratios)
+                encoding=self.categorical_encoding, log_target=self.log_target, ratios=self.ratios,
+                scaler=self.scaler, seed=self.split_seed)
         return self.prep
 
     # -- reading and splitting --------------------------------------------------------------------------------------
