@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from attnlab.data.images import IMAGE_SUFFIXES, StandardizedImages, read_image
 from attnlab.data.loading import BatchedTensorDataset, make_loader
 from attnlab.data.mnist import random_shift
-from attnlab.data.splits import stratified_split
+from attnlab.data.splits import held_out_count, stratified_split
 from attnlab.data.text import atomic_dir, digest, file_stamps
 from attnlab.errors import ConfigError, DataError
 
@@ -245,7 +245,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             if split in decoded:
                 out[split] = decoded[split]
                 continue
-            keep, held = stratified_split(labels.numpy()[rest], size, seed=self.split_seed + (split == "val"),
+            count = held_out_count(size, len(labels), name=f"data.{split}_size")  # a share of the whole folder
+            keep, held = stratified_split(labels.numpy()[rest], count, seed=self.split_seed + (split == "val"),
                                           name=f"data.{split}_size")
             out[split] = images[rest[held]], labels[rest[held]]
             rest = rest[keep]

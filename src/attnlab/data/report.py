@@ -145,3 +145,19 @@ def describe(datamodule: Any, out_dir: Path, *, title: str) -> str:
     if "train" in images and names and "train" in labels:
         sections.append(image_report({"train": images["train"]}, names, None, out_dir, source=title).split("\n", 2)[2])
     return "\n".join(sections)
+
+
+def write_report(cfg: Any, out_dir: Path, *, title: str) -> Path:
+    """Build `cfg.data` (no model), prepare and set it up, and write out_dir/report.md with its figures: the data
+    module's own `report(out_dir)` when it has one, else `describe`. Returns the report's path."""
+    from attnlab import build
+
+    datamodule = build.make_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = datamodule.report(out_dir) if hasattr(datamodule, "report") else describe(datamodule, out_dir, title=title)
+    path = out_dir / "report.md"
+    path.write_text(text.rstrip() + "\n")
+    return path

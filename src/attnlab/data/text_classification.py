@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from attnlab.data.loading import make_loader, shard
 from attnlab.data.sources import read_table
-from attnlab.data.splits import stratified_split
+from attnlab.data.splits import held_out_count, stratified_split
 from attnlab.data.text import BucketSampler, TokenizedDataset, Truncation, atomic_dir, digest, file_stamps, truncate
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
 from attnlab.errors import ConfigError, DataError
@@ -212,7 +212,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         rest, out = np.arange(len(labels)), {}
         for role, size in (("test", self.test_size), ("val", self.val_size)):
             if role not in self._sources():
-                keep, held = self._split(labels[rest], size, f"{role}_size")
+                count = held_out_count(size, len(labels), name=f"data.{role}_size")  # a share of the whole file
+                keep, held = self._split(labels[rest], count, f"{role}_size")
                 out[role], rest = rest[held], rest[keep]
         out["train"] = rest
         return out
