@@ -75,6 +75,9 @@ def predict(loaded: Any, inputs: Sequence[Any], *, batch_size: int = 64, progres
     if not len(inputs):
         raise DataError("no inputs to predict")
     n = len(inputs)
+    for i, item in enumerate(inputs):
+        if isinstance(item, str) and not item.strip():
+            raise DataError(f"input {i + 1} is an empty or missing text; a text classifier needs some text")
     order = list(range(n))
     if all(isinstance(x, str) for x in inputs) and not all(_looks_like_file(x) for x in inputs):
         order.sort(key=lambda i: len(inputs[i]))

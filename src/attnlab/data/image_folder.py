@@ -163,6 +163,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def save_artifacts(self, run_dir: Path) -> None:
         """Class names, image shape and the training split's normalisation statistics, in the run directory."""
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / ARTIFACT).write_text(json.dumps(self.artifact(), indent=2) + "\n")
 
     def load_artifacts(self, run_dir: Path) -> bool:

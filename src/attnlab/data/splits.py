@@ -32,6 +32,8 @@ def stratified_split(labels: np.ndarray, size: float, *, seed: int, name: str = 
     for k in np.argsort(-(exact - take), kind="stable")[: count - take.sum()]:  # largest remainders get one more
         take[k] += 1
     take = np.where(sizes >= 2, np.clip(take, 1, sizes - 1), 0)
+    while take.sum() > count and take.max() > 1:  # a rare class's one row is paid for by the largest share
+        take[np.argmax(take)] -= 1
     generator = torch.Generator().manual_seed(seed)
     held = []
     for cls, k in zip(classes, take):
