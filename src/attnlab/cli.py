@@ -122,7 +122,9 @@ def _plot_job(cfg: DictConfig) -> None:
         from attnlab.data.report import write_report
 
         name = str(HydraConfig.get().runtime.choices.get("data") or "data")
-        written = [write_report(cfg, out or Path(cfg.paths.results_dir) / "data_reports" / name, title=name)]
+        command = " ".join([_prog(), *(o for o in HydraConfig.get().overrides.task if not o.startswith("out="))])
+        written = [write_report(cfg, out or Path(cfg.paths.results_dir) / "data_reports" / name, title=f"data={name}",
+                                command=command)]
     elif cfg.get("sweep"):
         from attnlab.sweeps.plots import plot_sweep
 

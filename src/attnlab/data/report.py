@@ -78,20 +78,17 @@ def length_section(lengths: Mapping[str, Tensor], max_len: int | None, out_dir: 
 
 
 def text_report(labels: Mapping[str, Tensor], full_lengths: Mapping[str, Tensor], class_names: Sequence[str],
-                max_len: int, out_dir: Path, *, title: str) -> str:
+                max_len: int, out_dir: Path) -> str:
     """A text classification data set: class balance, token lengths (special tokens included) and the share cut."""
-    return "\n".join([f"# Data report: {title}\n", class_balance(labels, class_names, out_dir),
-                      length_section(full_lengths, max_len, out_dir)])
+    return "\n".join([class_balance(labels, class_names, out_dir), length_section(full_lengths, max_len, out_dir)])
 
 
-def image_report(splits: Mapping[str, Sequence[Tensor]], class_names: Sequence[str], pre: Any, out_dir: Path,
-                 *, source: str, per_class: int = 8) -> str:
-    """An image classification data set: class balance, normalisation statistics, samples.png (a row per class)."""
-    images, labels = splits["train"][0], splits["train"][1]
-    rows, captions = {}, {}
+def samples_section(images: Tensor, labels: Tensor, class_names: Sequence[str], out_dir: Path, *,
+                    per_class: int = 8) -> str:
+    """samples.png: a row of training images per class (uint8 (N, C, H, W) or (N, H, W))."""
+    rows = {}
     for k, name in enumerate(class_names):
-        index = torch.nonzero(labels == k).flatten()[:per_class]
-        picked = images[index].float().div(255)
+        picked = images[torch.nonzero(labels == k).flatten()[:per_class]].float().div(255)
         if picked.dim() == 3:
             picked = picked.unsqueeze(1)
         if len(picked) < per_class:  # pad a small class with blanks so the grid stays rectangular
@@ -99,25 +96,27 @@ def image_report(splits: Mapping[str, Sequence[Tensor]], class_names: Sequence[s
         rows[str(name)] = picked.numpy()
     from attnlab.plots import image_grid
 
-    image_grid(rows, out_dir / "samples.png", title=f"training images, {per_class} per class")
-    shape = tuple(images.shape[1:])
-    stats = ""
-    if hasattr(pre, "mean"):
-        stats = (f"Normalisation (training split, pixels in [0, 1], per channel): mean {list(pre.mean)}, "
-                 f"std {list(pre.std)}; the model reads (pixels - mean) / std.\n")
-    head = (f"# Data report: {source}\n\nImages held as uint8 {shape} (channels, height, width); "
-            f"{len(class_names)} classes.\n\n{stats}")
-    return "\n".join([head, class_balance({s: v[1] for s, v in splits.items()}, class_names, out_dir),
-                      "## Samples\n\n![samples per class](samples.png)\n"])
+    image_grid(rows, out_dir / "samples.png", title=f"training images, the first {per_class} of each class")
+    return (f"## Samples\n\nuint8 images of shape {tuple(images.shape[1:])} each; a row per class.\n\n"
+            "![samples per class](samples.png)\n")
 
 
-def describe(datamodule: Any, out_dir: Path, *, title: str) -> str:
+def image_report(splits: Mapping[str, Sequence[Tensor]], class_names: Sequence[str], pre: Any, out_dir: Path,
+                 *, source: str) -> str:
+    """An image classification data set: normalisation statistics, class balance, samples.png (a row per class)."""
+    stats = (f"Images from `{source}`, {len(class_names)} classes. Normalisation (training split, pixels in [0, 1], per "
+             f"channel): mean {list(pre.mean)}, std {list(pre.std)}; the model reads (pixels - mean) / std.\n")
+    return "\n".join([stats, class_balance({s: v[1] for s, v in splits.items()}, class_names, out_dir),
+                      samples_section(splits["train"][0], splits["train"][1], class_names, out_dir)])
+
+
+def describe(datamodule: Any, out_dir: Path) -> str:
     """The fallback report of a data module without `report`: its facts, split sizes, and class balance, lengths or
     image samples where its datasets hold labels, lengths or uint8 images."""
     datamodule.setup()
     facts = datamodule.facts() if hasattr(datamodule, "facts") else {}
     shown = {k: v for k, v in facts.items() if isinstance(v, (int, float, str)) or k == "class_names"}
-    lines = [f"# Data report: {title}\n", "| fact | value |", "| --- | --- |",
+    lines = ["| fact | value |", "| --- | --- |",
              *(f"| {k} | {v} |" for k, v in shown.items()), "", "| split | rows |", "| --- | --- |"]
     labels, lengths, images = {}, {}, {}
     for split in ("train", "val", "test"):
@@ -143,11 +142,11 @@ def describe(datamodule: Any, out_dir: Path, *, title: str) -> str:
     if lengths:
         sections.append(length_section(lengths, facts.get("max_len"), out_dir))
     if "train" in images and names and "train" in labels:
-        sections.append(image_report({"train": images["train"]}, names, None, out_dir, source=title).split("\n", 2)[2])
+        sections.append(samples_section(images["train"][0], labels["train"], names, out_dir))
     return "\n".join(sections)
 
 
-def write_report(cfg: Any, out_dir: Path, *, title: str) -> Path:
+def write_report(cfg: Any, out_dir: Path, *, title: str, command: str = "") -> Path:
     """Build `cfg.data` (no model), prepare and set it up, and write out_dir/report.md with its figures: the data
     module's own `report(out_dir)` when it has one, else `describe`. Returns the report's path."""
     from attnlab import build
@@ -157,7 +156,8 @@ def write_report(cfg: Any, out_dir: Path, *, title: str) -> Path:
     datamodule.setup()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = datamodule.report(out_dir) if hasattr(datamodule, "report") else describe(datamodule, out_dir, title=title)
+    body = datamodule.report(out_dir) if hasattr(datamodule, "report") else describe(datamodule, out_dir)
+    head = f"# Data report: {title}\n\n" + (f"`{command}`\n\n" if command else "")
     path = out_dir / "report.md"
-    path.write_text(text.rstrip() + "\n")
+    path.write_text(head + body.rstrip() + "\n")
     return path

@@ -376,4 +376,4 @@ class TextClassificationDataModule(L.LightningDataModule):
 
         self.setup()
         labels = {name: ds.labels for name, ds in self.datasets.items()}
-        return text_report(labels, self.full_lengths, self._names(), self.max_len, Path(out_dir), title=self.name)
+        return text_report(labels, self.full_lengths, self._names(), self.max_len, Path(out_dir))
