@@ -17,7 +17,10 @@ MNIST_FACTS = {"in_channels": 1, "image_size": 28, "num_classes": 10, "class_nam
 IMDB_FACTS = {"vocab_size": 30000, "pad_id": 0, "max_len": 256, "num_classes": 2, "class_names": ["negative", "positive"]}
 LM_FACTS = {"vocab_size": 4096, "max_len": 256, "eos_id": 5, "token_bytes": None, "tokenizer": None}
 FACTS = {"attnlab.data.mnist.MNISTDataModule": MNIST_FACTS, "attnlab.data.imdb.IMDBDataModule": IMDB_FACTS,
-         "attnlab.data.corpus.TextCorpusDataModule": LM_FACTS}
+         "attnlab.data.corpus.TextCorpusDataModule": LM_FACTS,
+         "attnlab.data.text_classification.TextClassificationDataModule": {**IMDB_FACTS, "num_classes": 3,
+                                                                           "class_names": ["a", "b", "c"]},
+         "attnlab.data.image_folder.ImageFolderDataModule": {**MNIST_FACTS, "in_channels": 3, "image_size": 32}}
 LM = ["data=tinystories_sample", "task=language_modeling"]
 # Options that only make sense with another data set than the default (MNIST).
 NEEDS = {
@@ -30,6 +33,8 @@ NEEDS = {
     **{("model", m): ["data=wine_quality"] for m in ("ft_transformer", "random_forest", "gbt", "bagging", "stacking",
                                                     "voting", "sk_linear")},
     ("task", "regression"): ["data=california_housing", "model=mlp"],
+    ("data", "text_classification"): ["model=lstm", "data.train_file=train.csv"],
+    ("data", "image_folder"): ["data.root=/images"],
     **{("model", m): LM for m in ("gpt", "lstm_lm", "hf_causal_lm")},
     ("model", "ngram"): ["data=tinystories_sample", "task=count_lm"],
     **{("data", d): ["model=gpt", "task=language_modeling"] for d in ("tinystories", "tinystories_sample")},

@@ -45,11 +45,17 @@ def test_train_help_lists_every_group_folder_and_its_options():
     assert "--cfg job" in out.stdout and "--info" in out.stdout and "--hydra-help" in out.stdout
 
 
-@pytest.mark.parametrize("config", ["validate", "generate", "plot", "serve"])
+@pytest.mark.parametrize("config", ["validate", "generate", "serve"])
 def test_other_commands_list_their_keys_and_no_groups(config):
     text = config_help(config, prog=f"python x/{config}.py")
     assert "run: null" in text and "--cfg job" in text
     assert "model:" not in text and "hydra:" not in text and "defaults:" not in text
+
+
+def test_plot_lists_the_data_configs_it_reports_on():
+    text = config_help("plot", prog="python x/plot.py")
+    assert "run: null" in text and "data=<data config>" in text and "hydra:" not in text and "defaults:" not in text
+    assert "text_classification" in listed(text)["data"] and "image_folder" in listed(text)["data"]
 
 
 def test_a_new_option_appears_without_an_edit(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Plot a run's curves or a sweep's results: python viz/plot.py run=<run dir> | sweep=<sweep dir>."""
+"""Plot a run's curves, a sweep's results or a data report: python viz/plot.py run=<run dir> | sweep=<sweep dir> | data=<data config>."""
 
 from attnlab.cli import plot
 

@@ -1,4 +1,5 @@
-"""Command-line entry points (`attnlab-train`, `attnlab-validate`, `attnlab-plot`, `attnlab-registry`, ...).
+"""Command-line entry points (`attnlab-train`, `attnlab-validate`, `attnlab-plot`, `attnlab-predict`,
+`attnlab-registry`, ...).
 
 This module imports Hydra and OmegaConf only: `--help` and `--cfg job` must not pay for torch or Lightning
 (about 5 s), so the heavy modules are imported inside the job functions.
@@ -122,11 +123,19 @@ def _plot_job(cfg: DictConfig) -> None:
             raise RunError("compare takes two runs: python viz/plot.py compare=[<run dir>,<run dir>]")
         log.info("wrote %s", compare(pair[0], pair[1], Path(cfg.out) if cfg.get("out") else None))
         return
-    if bool(cfg.get("run")) == bool(cfg.get("sweep")):
-        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py sweep=<sweep dir>"
-                       "   or   python viz/plot.py compare=[<run dir>,<run dir>]")
+    if sum(bool(cfg.get(k)) for k in ("run", "sweep", "data")) != 1:
+        raise RunError("say what to plot, one of: python viz/plot.py run=<run dir>   or   python viz/plot.py "
+                       "sweep=<sweep dir>   or   python viz/plot.py data=<data config>   or   python viz/plot.py "
+                       "compare=[<run dir>,<run dir>]")
     out = Path(cfg.out) if cfg.get("out") else None
-    if cfg.get("sweep"):
+    if cfg.get("data"):
+        from attnlab.data.report import write_report
+
+        name = str(HydraConfig.get().runtime.choices.get("data") or "data")
+        command = " ".join([_prog(), *(o for o in HydraConfig.get().overrides.task if not o.startswith("out="))])
+        written = [write_report(cfg, out or Path(cfg.paths.results_dir) / "data_reports" / name, title=f"data={name}",
+                                command=command)]
+    elif cfg.get("sweep"):
         from attnlab.sweeps.plots import plot_sweep
 
         written = plot_sweep(Path(cfg.sweep), out)
@@ -137,6 +146,14 @@ def _plot_job(cfg: DictConfig) -> None:
         written = plot_run(runs.require_run(cfg.run), out)
     for path in written:
         log.info("wrote %s", path)
+
+
+@_guarded
+def _predict_job(cfg: DictConfig) -> None:
+    from attnlab.predict import run_predict
+
+    run_predict(run=cfg.run, input=cfg.input, output=cfg.output, top_k=int(cfg.top_k), batch_size=int(cfg.batch_size),
+                ckpt=str(cfg.ckpt), progress=bool(cfg.progress_bar))
 
 
 def _prog() -> str:
@@ -224,6 +241,12 @@ def generate() -> Any:
     """`attnlab-generate` / app/generate.py."""
     _free_text("prompt")
     return _main(_generate_job, "generate")()
+
+
+def predict() -> Any:
+    """`attnlab-predict` / app/predict.py."""
+    _free_text("input")
+    return _main(_predict_job, "predict")()
 
 
 def _free_text(*keys: str) -> None:

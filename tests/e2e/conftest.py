@@ -128,3 +128,17 @@ def table_cli(tmp_path):
     root = tmp_path / "data"
     write_tables(root)
     return make_cli(tmp_path, root, [*QUIET, "tracker=csv"])
+@pytest.fixture
+def own_cli(tmp_path):
+    """The writers' layouts of a fake IMDB (imdb_rating4/*.csv: 120 train / 40 test) and a fake MNIST (mnist_folders/:
+    200 train / 50 test PNGs), with the originals beside them."""
+    from attnlab.data.imdb import write_fake_imdb
+    from attnlab.data.mnist import write_fake_mnist
+    from attnlab.data.writers import write_idx_folders, write_imdb_rating4
+
+    data = tmp_path / "data"
+    write_fake_imdb(data / "imdb", n_train=120, n_test=40)
+    write_imdb_rating4(data / "imdb", data / "imdb_rating4")
+    write_fake_mnist(data / "mnist", n_train=200, n_test=50)
+    write_idx_folders(data / "mnist", data / "mnist_folders")
+    return make_cli(tmp_path, data, QUIET)

@@ -179,3 +179,62 @@ def download_documents(hub_id: str, data_dir: Path, files: dict[str, str], *, te
         rows = dataset[split].iter(batch_size=1024)
         n = write_documents(data_dir / name, (text for batch in rows for text in batch[text_field]), separator=separator)
         log.info("wrote %d documents of %r %s to %s", n, hub_id, split, data_dir / name)
+
+
+# -- labelled tables: CSV / TSV / JSON Lines -------------------------------------------------------------------------
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".csv.gz", ".tsv.gz", ".jsonl.gz")
+
+
+def table_kind(path: Path) -> str:
+    """csv, tsv or jsonl, from the file's name (.gz allowed); a DataError for any other name."""
+    name = path.name.lower().removesuffix(".gz")
+    for kind in ("csv", "tsv", "jsonl"):
+        if name.endswith(f".{kind}"):
+            return kind
+    raise DataError(f"{path}: cannot tell the format from the name; use a .csv, .tsv or .jsonl file (optionally .gz)")
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a CSV, TSV or JSON Lines file (optionally gzip'd) as dicts of column -> value."""
+    import csv
+
+    kind = table_kind(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}; check the path (relative paths are from the directory you run in)")
+    with open_text(path) as f:
+        if kind == "jsonl":
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}, line {line_no}: not a JSON object ({err.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}, line {line_no}: not a JSON object")
+                    yield row
+        else:
+            csv.field_size_limit(1 << 26)
+            yield from csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
+
+
+def read_table(path: Path, text_column: str, label_column: str | None) -> tuple[list[str], list[str | None], int]:
+    """(texts, labels as strings (None without `label_column`), rows skipped) of a labelled table; rows with an empty
+    text or a missing label are skipped and counted. A column that does not exist names the ones that do."""
+    texts: list[str] = []
+    labels: list[str | None] = []
+    skipped = 0
+    try:
+        for i, row in enumerate(iter_rows(path)):
+            for column in (text_column, label_column):
+                if column is not None and column not in row and (i == 0 or table_kind(path) != "jsonl"):
+                    raise DataError(f"{path} has no column {column!r}; its columns: {', '.join(map(str, row))} "
+                                    "(set data.text_column / data.label_column)")
+            text, label = row.get(text_column), row.get(label_column) if label_column else ""
+            if not isinstance(text, str) or not text.strip() or label is None or label == "":
+                skipped += 1
+                continue
+            texts.append(text)
+            labels.append(None if label_column is None else str(label))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); replace it with a good copy") from None
+    return texts, labels, skipped

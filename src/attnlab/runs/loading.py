@@ -51,6 +51,13 @@ class LoadedRun:
             return self.preprocess
         return getattr(self.preprocess, "tokenizer", None)
 
+    def predict(self, inputs: Any, *, batch_size: int = 64, progress: bool = False) -> Any:
+        """A classifier's labels and class probabilities for raw inputs (texts, image files, table rows), through
+        this run's own preprocessing: an `attnlab.predict.Predictions` (`.labels`, `.probs`, `.top(k)`)."""
+        from attnlab.predict import predict
+
+        return predict(self, inputs, batch_size=batch_size, progress=progress)
+
 
 def model_weights(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
     """The model's tensors of a Lightning checkpoint under the plain model's names (`model.` prefix removed)."""
