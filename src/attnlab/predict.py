@@ -83,12 +83,18 @@ def predict(loaded: Any, inputs: Sequence[Any], *, batch_size: int = 64, progres
         order.sort(key=lambda i: len(inputs[i]))
     probs = np.zeros((n, len(loaded.facts["class_names"])), dtype=np.float32)
     model = loaded.model
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    estimator = not isinstance(model, torch.nn.Module)  # a classical run's scikit-learn estimator: its probabilities
+    dtype = torch.float32 if estimator else next((p.dtype for p in model.parameters()), torch.float32)
     bar = _progress(n) if progress else None
     with torch.no_grad():
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             batch = loaded.preprocess.to_batch([inputs[i] for i in index])
+            if estimator:
+                probs[index] = _estimator_probs(model, batch.numpy(), len(loaded.facts["class_names"]))
+                if bar is not None:
+                    bar.update(len(index))
+                continue
             if isinstance(batch, dict):
                 logits = model(**batch)
             else:
@@ -216,3 +222,14 @@ def write_predictions_check(path: Path) -> None:
         raise ConfigError(f"output={path}: write .csv or .jsonl")
     if not path.parent.is_dir():
         raise ConfigError(f"output={path}: the folder {path.parent} does not exist")
+
+
+def _estimator_probs(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class probabilities of a scikit-learn classifier (one-hot of its prediction when it has no predict_proba), in
+    the run's class order (the estimator was fitted on class ids, so its classes_ are ids)."""
+    probs = np.zeros((len(x), num_classes), dtype=np.float32)
+    if hasattr(model, "predict_proba"):
+        probs[:, np.asarray(model.classes_, dtype=np.int64)] = model.predict_proba(x)
+    else:
+        probs[np.arange(len(x)), np.asarray(model.predict(x), dtype=np.int64)] = 1.0
+    return probs

@@ -128,6 +128,8 @@ def table_cli(tmp_path):
     root = tmp_path / "data"
     write_tables(root)
     return make_cli(tmp_path, root, [*QUIET, "tracker=csv"])
+
+
 @pytest.fixture
 def own_cli(tmp_path):
     """The writers' layouts of a fake IMDB (imdb_rating4/*.csv: 120 train / 40 test) and a fake MNIST (mnist_folders/:

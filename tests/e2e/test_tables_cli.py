@@ -56,6 +56,26 @@ def test_every_table_experiment_runs_and_validates(table_cli):
         assert words in report and "## Feature importance" in report, report
         assert ("median_income" in report) == (a == "california_rf")  # the importance table names the columns
 
+    # predict: a CSV of raw rows (feature columns by name, as text) through each run's own preprocessing, the labels
+    # those of the run's own predictor on the same rows
+    from attnlab import runs
+    from attnlab.classical import predictor
+    from attnlab.data.tabular import TabularDataModule
+
+    for name in ("wine_rf", "wine_mlp"):
+        loaded = runs.load_model(found[name])
+        dm = TabularDataModule(**{k: v for k, v in loaded.cfg.data.items() if k != "_target_"})
+        frame, _ = dm.raw("test")
+        rows = table_cli.results.parent / f"{name}_rows.csv"
+        frame.to_csv(rows, index=False)
+        out = table_cli.results.parent / f"{name}_pred.csv"
+        table_cli("app/predict.py", f"run={found[name]}", f"input={rows}", f"output={out}")
+        lines = out.read_text().splitlines()
+        assert len(lines) == len(frame) + 1
+        expected = [loaded.facts["class_names"][i] for i in predictor(loaded)(frame)]
+        got = [line.split(",")[1] for line in lines[1:]]
+        assert got == expected, name
+
     for name in ("wine_rf", "california_mlp"):
         table_cli("val/validate.py", f"run={found[name]}")
         recorded, report = read(found[name] / "metrics.json"), read(found[name] / "validation" / "test.json")
