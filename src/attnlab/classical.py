@@ -128,11 +128,13 @@ def regression_scores(pred: torch.Tensor, y: torch.Tensor, split: str, figures_d
 def network_predict(model: torch.nn.Module, prep: Any) -> Callable[[Any], np.ndarray]:
     """Raw rows -> predictions of a trained network (class ids, or values in the target's units)."""
     model.eval()
+    first = next(model.parameters())  # a run trained on a GPU (or in bf16) is still there after its test
+    device, dtype = first.device, first.dtype
 
     def predict(frame: Any) -> np.ndarray:
         x = torch.from_numpy(prep.transform(frame))
         with torch.no_grad():
-            out = torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)])
+            out = torch.cat([model(x[i:i + 4096].to(device, dtype)).float().cpu() for i in range(0, len(x), 4096)])
         if prep.kind == "classification":
             return out.argmax(-1).numpy()
         return prep.decode_target(out.reshape(-1).double().numpy())
