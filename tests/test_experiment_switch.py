@@ -12,7 +12,8 @@ from test_configs import EXPERIMENT_NEEDS, check_all, composed, options
 
 # Per experiment: another optimizer and a sibling model of the same family (what a user tries next).
 OTHER_MODEL = {"mnist": "vit", "imdb": "gru", "tinystories": "lstm_lm", "multi30k": "lstm_attention",
-               "tatoeba": "lstm_attention", "pretrain": "gpt"}
+               "tatoeba": "lstm_attention", "pretrain": "gpt", "wine": "mlp", "california": "ft_transformer",
+               "boston": "linear"}
 SWITCHES = [
     (experiment, f"optimizer={'adamw' if experiment.endswith(('_gpt', '_lstm')) and experiment.startswith('tiny') else 'muon'}")
     for experiment in options("experiment") if experiment != "tinystories_ngram"
