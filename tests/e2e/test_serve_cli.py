@@ -27,6 +27,7 @@ from test_load_model import train_in_process
 
 from attnlab import runs
 from attnlab.data.corpus import write_fake_corpus
+from attnlab.data.image_folder import write_fake_folders
 from attnlab.data.imdb import write_fake_imdb
 from attnlab.data.mnist import read_idx, write_fake_mnist
 
@@ -244,6 +245,30 @@ def test_image_classifier_takes_pixels_and_pngs(mnist_run, tmp_path):
             r = server.post("/predict", body)
             assert r.status_code == 422 and message in r.text, (name, r.status_code, r.text)
         assert server.post("/predict", {"input": images[0].tolist()}).status_code == 200
+
+
+def test_an_image_folder_run_is_served_in_colour_with_its_class_names(tmp_path_factory, tmp_path):
+    """data=image_folder (RGB, standardised with its training statistics): PNGs and pixel lists answer as the run's
+    own predict does, with the folder names as labels."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("serve_folders")
+    folders = write_fake_folders(root / "imgs", per_class=10, size=16, mode="RGB")
+    run = train_in_process(root, ["data=image_folder", f"data.root={folders}", "data.batch_size=8", "model.channels=[4,8]",
+                                  "model.hidden=8", "trainer.max_epochs=2"])
+    files = sorted(folders.glob("*/000.png"))
+    expected = runs.load_model(run).predict([str(f) for f in files])
+    pixels = [np.asarray(Image.open(f).convert("RGB")) for f in files]  # (16, 16, 3)
+    with serving(run, tmp_path) as server:
+        as_pngs = server.post("/predict", {"inputs": [png(p) for p in pixels]})
+        as_lists = server.post("/predict", {"inputs": [p.transpose(2, 0, 1).tolist() for p in pixels]})  # (3, 16, 16)
+        for r in (as_pngs, as_lists):
+            assert r.status_code == 200, r.text
+            assert [o["label"] for o in r.json()["outputs"]] == expected.labels
+            assert torch.allclose(probabilities(r.json()["outputs"]), torch.as_tensor(expected.probs).float(), atol=1e-5)
+        assert set(expected.labels) <= {"circle", "square", "stripes"}
+        r = server.post("/predict", {"input": [[0] * 16] * 16})  # one channel where the run reads three
+        assert r.status_code == 422 and "shape" in r.text, r.text
 
 
 # -- language model: continuation and streaming ----------------------------------------------------------------------

@@ -301,7 +301,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         from attnlab.data.report import image_report
 
         self.setup()
-        splits = {name: ds.tensors for name, ds in self.datasets.items()}
+        splits = {name: self.datasets[name].tensors for name in ("train", "val", "test") if name in self.datasets}
         return image_report(splits, self.facts()["class_names"], self.preprocessing(), Path(out_dir), source=str(self.root))
 
 

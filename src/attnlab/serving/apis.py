@@ -360,7 +360,7 @@ FAMILIES: dict[str, type[RunAPI]] = {
 
 def family_of(loaded: Any) -> str:
     """Which API serves a loaded run, from what its data gives (preprocessing) and its model can do."""
-    from attnlab.data.images import ImageNormalization
+    from attnlab.data.images import ImageNormalization, StandardizedImages
     from attnlab.data.imdb import ReviewPreprocessing
 
     pre, model = loaded.preprocess, loaded.model
@@ -369,7 +369,7 @@ def family_of(loaded: Any) -> str:
         return "translation"
     if hasattr(pre, "prompt"):
         return "summarization"
-    if task == "ClassificationTask" and isinstance(pre, ImageNormalization):
+    if task == "ClassificationTask" and isinstance(pre, (ImageNormalization, StandardizedImages)):  # MNIST, folders
         return "image_classification"
     if task == "ClassificationTask" and isinstance(pre, ReviewPreprocessing):
         return "text_classification"
