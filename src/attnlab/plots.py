@@ -199,18 +199,6 @@ def distributions(frame: Any, path: Path, columns: int = 4) -> Path:
     return _save(fig, path)
 
 
-def class_balance(counts: dict[str, Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
-    """Rows per class, one bar group per split."""
-    x = np.arange(len(class_names))
-    width = 0.8 / max(len(counts), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(class_names)), 3.2))
-    for i, (split, values) in enumerate(counts.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width=width, label=split)
-    ax.set(xticks=x, xticklabels=class_names, ylabel="rows", title="class balance")
-    ax.legend()
-    return _save(fig, path)
-
-
 def histogram(values: np.ndarray, path: Path, title: str = "", log_too: bool = False) -> Path:
     """A value's histogram, and beside it that of log(1 + value) when `log_too`."""
     fig, axes = plt.subplots(1, 2 if log_too else 1, figsize=(8.0 if log_too else 4.4, 3.2), squeeze=False)

@@ -188,3 +188,15 @@ def test_the_quantile_scaler_tames_heavy_tails(house_csv):
     row = [{"rooms": 0.01, "income": 9.0, "place": "bay"}]  # a ratio far beyond anything in training
     assert np.abs(plain.preprocessing().transform(row)).max() > 10
     assert np.abs(quantile.preprocessing().transform(row)).max() < 6
+
+
+def test_the_report_counts_classes_per_split_and_describes_a_regression_target(wine_csv, house_csv, tmp_path):
+    dm = module([wine_csv], columns=["a", "b", "c", "quality"], target="quality", kind="classification")
+    report = dm.report(tmp_path / "wine")
+    n = {s: len(dm.frames[s]) for s in ("train", "val", "test")}
+    assert "## Class balance" in report and f"| **all** | {n['train']:,} | {n['val']:,} | {n['test']:,} |" in report
+    balance = report[report.index("## Class balance"):]
+    assert 0 < balance.index("| 4 |") < balance.index("| 5 |") < balance.index("| 6 |")  # every score, in order
+    assert (tmp_path / "wine" / "class_balance.png").is_file() and (tmp_path / "wine" / "distributions.png").is_file()
+    houses = module([house_csv], target="price", kind="regression").report(tmp_path / "houses")
+    assert "## Target" in houses and "| place | categorical |" in houses and (tmp_path / "houses" / "target.png").is_file()

@@ -217,7 +217,7 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
             yield from csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
 
 
-def read_table(path: Path, text_column: str, label_column: str | None) -> tuple[list[str], list[str | None], int]:
+def read_labelled_texts(path: Path, text_column: str, label_column: str | None) -> tuple[list[str], list[str | None], int]:
     """(texts, labels as strings (None without `label_column`), rows skipped) of a labelled table; rows with an empty
     text or a missing label are skipped and counted. A column that does not exist names the ones that do."""
     texts: list[str] = []

@@ -15,6 +15,7 @@ def write_report(datamodule: Any, out_dir: Path) -> str:
     import pandas as pd
 
     from attnlab import plots
+    from attnlab.data.report import class_balance
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = datamodule.frames
@@ -36,17 +37,10 @@ def write_report(datamodule: Any, out_dir: Path) -> str:
     plots.distributions(table[features], out_dir / "distributions.png")
     lines += ["", "![distributions](distributions.png)", ""]
     if datamodule.kind == "classification":
-        counts = {split: frame[target].astype(str).value_counts() for split, frame in frames.items()}
-        names = sorted(set().union(*(c.index for c in counts.values())), key=_order)
-        lines += ["## Class balance", "", "| class | " + " | ".join(counts) + " | share |",
-                  "|---|" + "---|" * (len(counts) + 1)]
-        total = sum(int(c.sum()) for c in counts.values())
-        for name in names:
-            n = [int(c.get(name, 0)) for c in counts.values()]
-            lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in n) + f" | {100 * sum(n) / total:.1f}% |")
-        plots.class_balance({s: [int(c.get(n, 0)) for n in names] for s, c in counts.items()}, names,
-                            out_dir / "class_balance.png")
-        lines += ["", "![class balance](class_balance.png)"]
+        labels = {split: frame[target].astype(str) for split, frame in frames.items()}
+        names = sorted(set().union(*(set(v) for v in labels.values())), key=_order)
+        index = {name: k for k, name in enumerate(names)}
+        lines += ["", class_balance({s: y.map(index).to_numpy(np.int64) for s, y in labels.items()}, names, out_dir)]
     else:
         values = table[target].to_numpy(dtype=float)
         plots.histogram(values, out_dir / "target.png", title=f"{target}: {len(values):,} values",

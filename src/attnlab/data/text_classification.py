@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from attnlab.data.loading import make_loader, shard
-from attnlab.data.sources import read_table
+from attnlab.data.sources import read_labelled_texts
 from attnlab.data.splits import held_out_count, stratified_split
 from attnlab.data.text import BucketSampler, TokenizedDataset, Truncation, atomic_dir, digest, file_stamps, truncate
 from attnlab.data.tokenizers import Tokenizer, TokenizerRecipe
@@ -172,7 +172,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         """(texts, raw labels) of a source, HTML line breaks stripped when asked; skipped rows counted and warned."""
         if role not in self._read_cache:
             path = self._sources()[role]
-            texts, labels, skipped = read_table(path, self.text_column, self.label_column)
+            texts, labels, skipped = read_labelled_texts(path, self.text_column, self.label_column)
             if skipped:
                 self.log.warning("%s: skipped %d row(s) with an empty text or a missing label", path, skipped)
             if not texts:
