@@ -22,6 +22,8 @@ def cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 def main(root: Path) -> None:
     for sweep in sorted(p for p in root.iterdir() if p.is_dir()):
         family = sweep.name.split("_")[0]
+        if family not in METRICS or not (sweep / "multirun.yaml").is_file():  # not one of bench_tables.sh's sweeps
+            continue
         metrics = METRICS[family]
         rows: dict[str, list] = defaultdict(list)
         for job in collect(sweep):
@@ -32,9 +34,10 @@ def main(root: Path) -> None:
         print("|---|---|" + "---|" * (len(metrics) + 1))
         for name, jobs in rows.items():
             walls = [_wall(j.dir) for j in jobs]
-            scale, digits = (100.0, 2) if family == "wine" else (1.0, 3)
-            cells = [cell([j.metrics[m] for j in jobs], 1.0 if "r2" in m or family != "wine" else scale,
-                          3 if "r2" in m else (0 if family != "wine" else digits)) for m in metrics]
+            # wine: % with 2 decimals; California: USD; Boston: the MEDV column's thousands of USD
+            digits = {"wine": 2, "california": 0, "boston": 2}[family]
+            cells = [cell([j.metrics[m] for j in jobs], 100.0 if family == "wine" else 1.0, 3 if "r2" in m else digits)
+                     for m in metrics]
             print(f"| {name} | {len(jobs)} | " + " | ".join(cells) + f" | {statistics.mean(walls):.0f} |")
 
 

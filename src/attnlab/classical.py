@@ -47,30 +47,56 @@ def _table(datamodule: Any) -> None:
 
 
 def fit(cfg: DictConfig, run: runs.Run) -> dict[str, Any]:
-    """Fit the estimator on the training split, evaluate val and test, save it and its figures; the final metrics."""
+    """Fit the estimator on the training split, evaluate val and test, save it and its figures; the final metrics.
+
+    `refit=true`: after the val metrics (of the model fitted on train), a clone is fitted on train + val, and that
+    model is tested and saved (the feature importance stays that of the model fitted on train, on val).
+    """
     datamodule = build.make_datamodule(cfg)
     _table(datamodule)
     facts = datamodule.facts()
     estimator = build.instantiate(cfg.model, "model", facts)
     datamodule.save_artifacts(run.dir)
     x, y = datamodule.arrays("train")
+    seconds = _fit(estimator, x, y)
+    metrics: dict[str, Any] = {"fit_seconds": seconds}
+    metrics.update(evaluate(estimator, datamodule, "val", None)[0])
+    for name in ("val/acc", "val/rmse"):  # one fit is its own best: a sweep's objective ranks it beside the networks
+        if name in metrics:
+            metrics[f"{name}_best"] = metrics[name]
+    # on val, by the model that has not seen it (before a refit)
+    importance(lambda frame, fitted=estimator: _estimator_predict(fitted, datamodule.prep, frame), datamodule,
+               run.dir / runs.PLOTS, impurity=getattr(estimator, "feature_importances_", None))
+    if cfg.get("refit"):  # the settings were chosen on val: the final model also learns from it (GridSearchCV's refit)
+        xv, yv = datamodule.arrays("val")
+        if len(yv) == 0:
+            raise ConfigError("refit=true needs a validation split (data.val_size > 0)")
+        estimator = _clone(estimator)
+        metrics["refit_seconds"] = _fit(estimator, np.concatenate([x, xv]), np.concatenate([y, yv]))
+        metrics["refit_rows"] = len(y) + len(yv)
+    runs.save_skops(estimator, run.dir / ESTIMATOR)
+    scores, artifacts = evaluate(estimator, datamodule, "test", run.dir / runs.PLOTS)
+    metrics.update(scores)
+    if artifacts:
+        runs.write_json(run.dir / runs.PLOTS / "test_artifacts.json", artifacts)
+    return metrics
+
+
+def _fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """Fit in place; the seconds it took. scikit-learn's parameter errors become a ConfigError naming the estimator."""
     log.info("fitting %s on %d rows x %d features", type(estimator).__name__, *x.shape)
     start = time.perf_counter()
     try:
         estimator.fit(x, y)
     except ValueError as err:  # scikit-learn's parameter checks happen at fit
         raise ConfigError(f"model ({type(estimator).__name__}): {err}") from None
-    seconds = time.perf_counter() - start
-    runs.save_skops(estimator, run.dir / ESTIMATOR)
-    metrics: dict[str, Any] = {"fit_seconds": seconds}
-    for split in ("val", "test"):
-        scores, artifacts = evaluate(estimator, datamodule, split, run.dir / runs.PLOTS if split == "test" else None)
-        metrics.update(scores)
-        if split == "test" and artifacts:
-            runs.write_json(run.dir / runs.PLOTS / "test_artifacts.json", artifacts)
-    importance(lambda frame: _estimator_predict(estimator, datamodule.prep, frame), datamodule, run.dir / runs.PLOTS,
-               impurity=getattr(estimator, "feature_importances_", None))
-    return metrics
+    return time.perf_counter() - start
+
+
+def _clone(estimator: Any) -> Any:
+    from sklearn.base import clone
+
+    return clone(estimator)
 
 
 def _estimator_predict(estimator: Any, prep: Any, frame: Any) -> np.ndarray:

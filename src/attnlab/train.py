@@ -144,7 +144,9 @@ def fit_and_test(
     the run's status: `completed`, or `pruned` when a search's pruner stopped it (then it is not tested)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if classical.is_estimator(cfg):  # a scikit-learn estimator: fitted on the table's arrays, no Lightning loop
-        return classical.fit(cfg, run), "completed"
+        return _fit_estimator(cfg, run, previous_ids), "completed"
+    if cfg.get("refit"):
+        raise ConfigError("refit=true is for scikit-learn estimators; a network keeps its best validation checkpoint")
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
     loaded: list[runs.WeightMatch] = []
     datamodule, task = build.assemble(cfg, artifacts=run.dir, init=_weights_from(cfg, init_from, loaded))
@@ -201,6 +203,20 @@ def fit_and_test(
 def pruned(trainer: L.Trainer) -> bool:
     """True when the search's pruner stopped this run (see callbacks.TrialPruning)."""
     return any(isinstance(c, TrialPruning) and c.pruned_epoch is not None for c in trainer.callbacks)
+
+
+def _fit_estimator(cfg: DictConfig, run: runs.Run, previous_ids: dict[str, str]) -> dict[str, Any]:
+    """classical.fit, its config and final metrics sent to the run's history.csv and trackers as a network's are."""
+    trackers = _build_trackers(cfg, run.dir, *_run_identity(run.dir, cfg), previous_ids)
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for tracker in trackers.values():
+        tracker.log_hyperparams(hparams)
+    run.update(trackers=tracker_ids(trackers))
+    metrics = classical.fit(cfg, run)
+    for logger in (HistoryLogger(run.dir / runs.HISTORY), *trackers.values()):
+        logger.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+        logger.finalize("success")
+    return metrics
 
 
 def dry_run(cfg: DictConfig) -> None:
