@@ -8,7 +8,7 @@ export ATTNLAB_DATA_DIR ?= $(abspath $(firstword $(wildcard ../shared/data) data
 EXPERIMENT ?= mnist_quick
 ARGS ?=
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-all test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 train: install
 	$(BIN)/python app/train.py experiment=$(EXPERIMENT) $(ARGS)
 
+# make test is what CI runs: everything but the heaviest end-to-end runs (marker heavy), which make test-all adds.
 test: install
+	$(BIN)/python -m pytest -q -m "not heavy" $(ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: install

@@ -66,6 +66,7 @@ def test_autoencoder_run_writes_reconstructions(cli):
     assert (run_dir / "validation" / "test" / "reconstructions.png").is_file()
 
 
+@pytest.mark.heavy
 def test_all_trackers_at_once_and_starting_from_a_checkpoint(cli):
     cli("app/train.py", "experiment=mnist_ae", "tracker=all", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
     first = only_run(cli.results)
@@ -83,6 +84,7 @@ def test_all_trackers_at_once_and_starting_from_a_checkpoint(cli):
     assert min(value for _, value in history["epoch"]) == 1.0  # it went on from epoch 1, not from scratch
 
 
+@pytest.mark.heavy
 def test_init_from_fine_tunes_a_classifier_with_a_new_head(cli, tmp_path):
     short = ["experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
     cli("app/train.py", *short)
@@ -120,7 +122,7 @@ def test_multirun_writes_one_sweep_with_four_jobs(cli):
     assert len({m["run_id"] for m in manifests}) == 4
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon: conv kernels as matrices, its state in the checkpoint
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=pytest.mark.heavy)])  # Muon: conv kernels as matrices, its state in the checkpoint
 def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path, optimizer):
     # The output layer negated when the third epoch starts makes an earlier epoch the best, and the kill comes after
     # it: a running best (val/acc_best) that forgot the epochs before the resume would show.
@@ -151,6 +153,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(cli, tmp_path, optimi
     assert len(list((cli.results / "runs").iterdir())) == 2  # resumed in place
 
 
+@pytest.mark.heavy
 def test_a_refused_resume_leaves_the_run_as_it_was(cli, tmp_path):
     cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false")
     run_dir = only_run(cli.results)
@@ -173,6 +176,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(cli, tmp_path):
     assert read(run_dir / "manifest.json")["status"] == "completed"
 
 
+@pytest.mark.heavy
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(cli):
     tiny = ["experiment=mnist_cnn", "trainer.max_epochs=3", "trainer.limit_train_batches=6", "tracker=none"]
     out = cli("app/train.py", *tiny, "optimizer.lr=1e6", expect=2)
@@ -189,6 +193,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(cli):
     assert "- jobs: 2 (1 completed, 1 failed)" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.heavy
 def test_a_run_continued_with_more_epochs_follows_the_longer_one_cycle(cli):
     cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "test=false", "tracker=none")
     first = only_run(cli.results)

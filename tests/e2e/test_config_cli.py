@@ -28,6 +28,7 @@ def test_an_unknown_key_names_the_fix_in_one_line(cli, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr and "not in struct" not in out.stderr, out.stderr
 
 
+@pytest.mark.heavy
 def test_switching_an_experiments_optimizer_names_the_stale_key_then_works(lm_cli):
     out = lm_cli("app/train.py", "experiment=tinystories_gpt", "optimizer=adamw", "dry_run=true", expect=2)
     assert out.stderr.strip().splitlines()[-1] == ("error: optimizer.adam_lr was set by experiment=tinystories_gpt for "
@@ -36,6 +37,7 @@ def test_switching_an_experiments_optimizer_names_the_stale_key_then_works(lm_cl
     assert "they apply to optimizer=adamw too" in out.stdout + out.stderr  # lr=0.02 was Muon's: the user is told
 
 
+@pytest.mark.heavy
 def test_no_validation_callbacks_step_aside(cli):
     """limit_val_batches=0 turns validation off: early stopping and the best checkpoint do not look for val/acc."""
     out = cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2",

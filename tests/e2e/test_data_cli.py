@@ -17,6 +17,7 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.heavy
 def test_resume_with_loader_workers_matches_an_uninterrupted_run(cli, tmp_path):
     """Augmentation drawn in two loader workers: a run SIGKILLed mid-epoch and resumed ends with the same metrics."""
     common = ["experiment=mnist_cnn", "data.augment=true", "data.num_workers=2", "trainer.max_epochs=2",
@@ -34,6 +35,7 @@ def test_resume_with_loader_workers_matches_an_uninterrupted_run(cli, tmp_path):
     assert not differ
 
 
+@pytest.mark.heavy
 def test_ddp_test_metrics_equal_single_process_validation(cli, tmp_path):
     """Two gloo processes test on 75 images in batches of 16 (75 is no multiple of 2 x 16, so a padded sampler
     would count some images twice): the DDP run's test metrics equal validate.py's single-process ones."""

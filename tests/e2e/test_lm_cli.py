@@ -57,6 +57,7 @@ def test_gpt_train_validate_generate_plot(lm_cli):
     assert list((run / "plots").glob("*.png"))
 
 
+@pytest.mark.heavy
 def test_generate_refuses_a_classification_run_and_bad_arguments(cli, lm_cli):
     # A real classification run with a checkpoint (fast_dev_run saves none, which generate would refuse for that).
     cli("app/train.py", "experiment=mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=1",

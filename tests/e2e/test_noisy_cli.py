@@ -37,6 +37,7 @@ def test_a_classifier_behind_an_autoencoder_run(cli):
     assert report["parents"] == manifest["parents"] and (run / "validation" / "test" / "inputs.png").is_file()
 
 
+@pytest.mark.heavy
 def test_validation_at_other_noise_levels_and_a_wrong_denoise_with(cli):
     cli("app/train.py", "experiment=mnist_cnn_noisy", "trainer.max_epochs=2", "tracker=none")
     run = newest_run(cli.results, "mnist_cnn_noisy")

@@ -11,6 +11,7 @@ from attnlab.data.image_folder import write_fake_folders
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_the_writers_layouts_train_and_report(own_cli, tmp_path):
     own_cli("app/train.py", "-m", "experiment=imdb_rating4,mnist_folders", "trainer.fast_dev_run=true",
             "data.val_size=20", "data.batch_size=16")

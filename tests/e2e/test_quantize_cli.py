@@ -9,6 +9,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_quantize_report_of_a_tiny_gpt2_run(lm_cli, tmp_path):
     lm_cli("app/train.py", "experiment=tinystories_hf_gpt2", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false")

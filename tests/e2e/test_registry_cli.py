@@ -146,6 +146,7 @@ def series(metrics: str, name: str) -> dict[tuple, float]:
     return out
 
 
+@pytest.mark.heavy
 def test_serve_by_alias_with_a_canary_at_half_the_traffic_and_a_response_cache(walkthrough, mnist_runs, home, env):
     images = np.random.default_rng(0).integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
     expected = {}
@@ -182,6 +183,7 @@ def test_serve_by_alias_with_a_canary_at_half_the_traffic_and_a_response_cache(w
     assert series(metrics, "attnlab_model_seconds_count")[(("version", "x/2"),)] == requests[(("version", "x/2"),)]
 
 
+@pytest.mark.heavy
 def test_unknown_names_missing_files_and_a_canary_of_another_task_are_refused_at_start(walkthrough, mnist_runs, home,
                                                                                           env):
     store = env["MLFLOW_TRACKING_URI"]

@@ -247,6 +247,7 @@ def test_image_classifier_takes_pixels_and_pngs(mnist_run, tmp_path):
         assert server.post("/predict", {"input": images[0].tolist()}).status_code == 200
 
 
+@pytest.mark.heavy
 def test_an_image_folder_run_is_served_in_colour_with_its_class_names(tmp_path_factory, tmp_path):
     """data=image_folder (RGB, standardised with its training statistics): PNGs and pixel lists answer as the run's
     own predict does, with the folder names as labels."""
@@ -331,6 +332,7 @@ def mt_run(tmp_path_factory) -> Path:
                                    "+model.n_heads=2", "+model.d_ff=64", "average_last=0"])
 
 
+@pytest.mark.heavy
 def test_translation_answers_as_translate_texts(mt_run, tmp_path):
     from attnlab.translate import translate_texts
 
@@ -348,6 +350,7 @@ def test_translation_answers_as_translate_texts(mt_run, tmp_path):
         assert r.status_code == 422 and "beam_size=50" in r.text
 
 
+@pytest.mark.heavy
 @pytest.mark.data
 def test_summarization_answers_as_summarize_texts(tmp_path_factory, tmp_path, shared_data):
     from attnlab.data.summarization import write_fake_summaries

@@ -62,6 +62,7 @@ def test_grid_sweep_resumes_in_place_after_a_kill(cli, tmp_path):
     assert "- jobs: 3 (3 completed)" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.heavy
 def test_optuna_search_killed_and_resumed_completes_its_trial_budget(cli, tmp_path):
     import optuna
 
@@ -116,6 +117,7 @@ def test_pruning_stops_hopeless_trials(cli):
     assert f"| {pruned[0]} | " in md.split("## Jobs not completed")[1]
 
 
+@pytest.mark.heavy
 def test_pruning_with_jobs_in_other_processes(cli):
     """joblib runs each job in a worker process: the job finds its trial in the sqlite storage. Trials 0 and 1 run
     in full (n_startup_trials=2), so the pruner judges trials 2 and 3 against finished ones only: deterministic."""
