@@ -1,5 +1,6 @@
 """What batching buys a text classifier on its own, without a server: ms per review for the run's model on real reviews
-one at a time, in one padded batch, and in length-sorted chunks (what `app/serve.py` does with `sub_batch`).
+one at a time, in one padded batch, and in length-sorted chunks (what `app/serve.py` does with `sub_batch`); a
+recurrent model each way on both of its paths, torch's PackedSequence and the padded one (`model.packed`).
 
     python scripts/bench_text_batching.py run=<text classification run> [reviews=32] [chunk=8] [threads=2] [rounds=3]
         [texts=../shared/data/imdb/test.jsonl.gz]
@@ -43,6 +44,9 @@ def main() -> None:
         f"one padded batch of {n}": lambda: model(**pre(texts)),
         f"length-sorted chunks of {chunk}": lambda: [model(**pre(ordered[i : i + chunk])) for i in range(0, n, chunk)],
     }
+    if hasattr(model, "packed"):  # a recurrent model: each way on both paths (PackedSequence or padded)
+        ways = {f"{name}, {'packed' if packed else 'padded'}": _on_path(model, packed, way)
+                for name, way in ways.items() for packed in (False, True)}
     times: dict[str, list[float]] = {name: [] for name in ways}
     with torch.inference_mode():
         for r in range(rounds + 1):
@@ -54,9 +58,20 @@ def main() -> None:
     widths = [pre([t])["input_ids"].shape[1] for t in texts]
     print(f"{settings['run']}: {n} reviews, {statistics.fmean(widths):.0f} tokens on average (longest {max(widths)}), "
           f"{settings['threads']} threads")
-    base = statistics.fmean(times["one at a time"])
+    base = statistics.fmean(next(iter(times.values())))
     for name, values in times.items():
-        print(f"  {name:32s} {statistics.fmean(values):7.1f} ms a review  ({base / statistics.fmean(values):.2f}x)")
+        print(f"  {name:42s} {statistics.fmean(values):7.1f} ms a review  ({base / statistics.fmean(values):.2f}x)")
+
+
+def _on_path(model: torch.nn.Module, packed: bool, way):
+    """`way` with the recurrent model's `packed` switch set for its duration."""
+    def run():
+        before, model.packed = model.packed, packed
+        try:
+            return way()
+        finally:
+            model.packed = before
+    return run
 
 
 if __name__ == "__main__":

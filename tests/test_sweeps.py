@@ -401,3 +401,10 @@ def test_optuna_direction_follows_the_tasks_objective(tmp_path):
     assert sweeps.objective(tmp_path, sweeps.collect(tmp_path)) == ("val/mse", "min")  # the sweeper's, resolved
     with pytest.raises(Exception, match="add hydra.sweeper.direction=maximize or minimize"):
         composed(["experiment=mnist_cnn", "hparams_search=mnist_optuna", "objective=val/nll", "hydra.sweep.dir=/tmp/s"]).hydra.sweeper.direction
+
+
+def test_table_search_minimises_val_rmse_over_keys_the_experiment_has():
+    cfg = composed(["experiment=california_gbt", "hparams_search=california_gbt_optuna", "hydra.sweep.dir=/tmp/s"])
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.objective == "val/rmse_best" and cfg.refit is False
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key

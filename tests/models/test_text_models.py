@@ -66,6 +66,32 @@ def test_rnn_equals_torch_packed_sequences(kw):
     torch.testing.assert_close(model(ids, mask), unpacked, atol=1e-5, rtol=1e-5)
 
 
+def test_rnn_reads_packed_sequences_exactly_when_no_gradient_is_taken(monkeypatch):
+    """packed="inference" (the default): PackedSequence under no_grad / inference_mode on CPU, the padded path while
+    training; the same logits either way."""
+    from attnlab.models import rnn as rnn_module
+
+    calls = []
+    real = rnn_module.pack_padded_sequence
+    monkeypatch.setattr(rnn_module, "pack_padded_sequence", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = rnn(cell="lstm", bidirectional=True, pooling="max").eval()
+    assert model.packed == "inference"
+    ids, mask = padded_batch([7, 3, 10, 1], T=14)
+    padded = model(ids, mask)
+    assert not calls  # gradients on: the padded path
+    with torch.inference_mode():
+        packed = model(ids, mask)
+    assert len(calls) == 2  # one layer, two directions
+    torch.testing.assert_close(packed, padded.detach(), atol=1e-5, rtol=1e-5)
+    model.packed = False
+    with torch.no_grad():
+        model(ids, mask)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="packed must be"):
+        rnn(packed="always")
+
+
 @pytest.mark.parametrize("name", list(ENCODERS))
 def test_encoder_padding_invariance(name):
     torch.manual_seed(0)

@@ -3,8 +3,12 @@
 Texts are padded at the end. The forward direction therefore meets the padding only after every real token,
 and its outputs there are ignored; the backward direction reads each text reversed *within its own length*, so
 padding again comes last. That gives exactly what torch's PackedSequence gives (`packed=true` runs the same
-weights on packed sequences, and the tests check both agree), without the packed path's CPU cost: its
+weights on packed sequences, and the tests check both agree), without the packed path's CPU cost in training: its
 backward pass is 20-30x slower on CPU (measured: bidirectional LSTM, batch 64 x 300 tokens, 1.4 s vs 30 s).
+Its forward pass is the faster one on CPU, so `packed="inference"` (the default) takes it whenever no gradient is
+taken on a CPU tensor (validation, test, predict, serving): the IMDB BiLSTM (hidden 256, 32 real reviews of 279
+tokens on average, 2 threads, an AVX2 AMD EPYC) read 23.6 ms a review packed against 53.4 padded one at a time, and
+29.1 against 57.8 in one batch of 32.
 """
 
 from collections.abc import Iterator
@@ -55,11 +59,13 @@ class RNNClassifier(nn.Module):
         bidirectional: bool = False,
         pooling: Pooling = "last",
         dropout: float = 0.0,
-        packed: bool = False,
+        packed: bool | Literal["inference"] = "inference",
     ) -> None:
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of: {', '.join(_CELLS)}")
+        if packed not in (True, False, "inference"):
+            raise ValueError(f"packed must be true, false or 'inference', not {packed!r}")
         if pooling not in _POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(_POOLINGS)}")
         self.pooling = pooling
@@ -79,7 +85,9 @@ class RNNClassifier(nn.Module):
 
     def _run(self, rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One direction of one layer over x (B, T, D) padded at the end: outputs (B, T, H), garbage past each length."""
-        if not self.packed:
+        use_packed = self.packed is True or (self.packed == "inference" and x.device.type == "cpu"
+                                             and not torch.is_grad_enabled())
+        if not use_packed:
             # oneDNN's CPU RNN builds a new kernel for every new sequence length (~5 s each here), and with dynamic
             # padding nearly every batch has a new length: the native kernels are as fast and cost nothing per shape.
             with _without_onednn():
