@@ -71,7 +71,9 @@ def fit(cfg: DictConfig, run: runs.Run) -> dict[str, Any]:
         xv, yv = datamodule.arrays("val")
         if len(yv) == 0:
             raise ConfigError("refit=true needs a validation split (data.val_size > 0)")
-        estimator = _clone(estimator)
+        from sklearn.base import clone
+
+        estimator = clone(estimator)  # the same settings, unfitted
         metrics["refit_seconds"] = _fit(estimator, np.concatenate([x, xv]), np.concatenate([y, yv]))
         metrics["refit_rows"] = len(y) + len(yv)
     runs.save_skops(estimator, run.dir / ESTIMATOR)
@@ -91,12 +93,6 @@ def _fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
     except ValueError as err:  # scikit-learn's parameter checks happen at fit
         raise ConfigError(f"model ({type(estimator).__name__}): {err}") from None
     return time.perf_counter() - start
-
-
-def _clone(estimator: Any) -> Any:
-    from sklearn.base import clone
-
-    return clone(estimator)
 
 
 def _estimator_predict(estimator: Any, prep: Any, frame: Any) -> np.ndarray:
