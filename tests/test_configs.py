@@ -48,11 +48,17 @@ NEEDS = {
     ("task", "summarization"): ["data=scitldr", "model=hf_causal_lm"],
     **{("peft", p): ["data=scitldr", "model=hf_causal_lm", "task=summarization"]
        for p in ("none", "lora", "prompt_tuning", "prefix_tuning", "ia3")},
+    ("task", "masked_lm"): ["data=mlm_corpus", "data.train_file=t.txt", "model=bert", "+model.head=tokens"],
+    ("data", "mlm_corpus"): ["data.train_file=t.txt", "model=bert", "+model.head=tokens", "task=masked_lm"],
+    ("task", "distillation"): ["data=imdb", "model=distilbert", "task.teacher=/runs/an_imdb_run"],
 }
 SEQ2SEQ_FACTS = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, "src_pad_id": 0, "tgt_pad_id": 0, "sos_id": 2,
                  "eos_id": 3, "max_src_len": 64, "max_tgt_len": 64, "shared_vocab": True, "test_sets": ["test"],
                  "tgt_tokenizer": None}
 FACTS["attnlab.data.translation.TranslationDataModule"] = SEQ2SEQ_FACTS
+FACTS["attnlab.data.masked_corpus.MaskedCorpusDataModule"] = {
+    "vocab_size": 30000, "max_len": 512, "pad_id": 0, "mask_id": 6, "special_ids": list(range(7)), "word_start": None,
+    "tokenizer": None}
 FACTS["attnlab.data.tabular.TabularDataModule"] = {
     "in_features": 12, "target_kind": "classification", "num_numeric": 12, "cat_cardinalities": [], "num_classes": 6,
     "class_names": list("345678"), "class_counts": [1] * 6, "num_outputs": 1, "target_mean": 0.0, "target_std": 1.0,
@@ -61,7 +67,9 @@ FACTS["attnlab.data.summarization.SummarizationDataModule"] = {
     "vocab_size": 50257, "max_len": 512, "eos_id": 50256, "pad_id": 50256, "tokenizer": None, "max_summary_len": 64,
     "test_sets": ["scitldr", "dialogsum"], "template": "{source}\nTL;DR:"}
 # Experiments with a required setting (??? in the file): a value that composes (no run is read here).
-EXPERIMENT_NEEDS = {"mnist_cnn_denoised": ["data.denoise_with=/runs/an_mnist_ae_run"]}
+EXPERIMENT_NEEDS = {"mnist_cnn_denoised": ["data.denoise_with=/runs/an_mnist_ae_run"],
+                    "imdb_bert_ft": ["init_from=/runs/an_mlm_run"], "imdb_roberta_ft": ["init_from=/runs/an_mlm_run"],
+                    "imdb_distilbert_kd": ["task.teacher=/runs/an_imdb_run"]}
 TRACKER_CONTEXT = {"save_dir": "x", "name": "x", "run_id": "x", "group": None, "tags": [], "previous_id": None}
 
 

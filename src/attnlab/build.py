@@ -14,7 +14,7 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import hydra.utils
 from hydra.errors import InstantiationException
@@ -259,12 +259,14 @@ def instantiate(node: DictConfig, path: str, facts: Mapping[str, Any] | None = N
         raise ConfigError(f"{path} ({_describe(target)}): {err}") from err
 
 
-def make_datamodule(cfg: DictConfig, artifacts: Path | None = None) -> Any:
+def make_datamodule(cfg: DictConfig, artifacts: Path | Sequence[Path | None] | None = None) -> Any:
     """The configured LightningDataModule; reads no data. `artifacts`: a run directory whose saved data artifacts (a
-    trained tokenizer) it reuses, if it has `load_artifacts(run_dir)`; see `save_artifacts` in train.py."""
+    trained tokenizer) it reuses, if it has `load_artifacts(run_dir)` (see `save_artifacts` in train.py); or several,
+    the first that holds artifacts used (a run's own, then its `init_from` run's: the tokenizer travels with weights)."""
     datamodule = instantiate(cfg.data, "data")
-    if artifacts is not None and hasattr(datamodule, "load_artifacts"):
-        datamodule.load_artifacts(artifacts)
+    sources = [artifacts] if artifacts is None or isinstance(artifacts, (str, Path)) else list(artifacts)
+    if hasattr(datamodule, "load_artifacts"):
+        next((d for d in sources if d is not None and datamodule.load_artifacts(Path(d))), None)
     return datamodule
 
 
@@ -317,7 +319,7 @@ def make_task(cfg: DictConfig, model: Any, facts: Mapping[str, Any], *, training
 
 
 def assemble(
-    cfg: DictConfig, artifacts: Path | None = None, init: Callable[[Any], Any] | None = None
+    cfg: DictConfig, artifacts: Path | Sequence[Path | None] | None = None, init: Callable[[Any], Any] | None = None
 ) -> tuple[Any, Any]:
     """data -> model -> transform -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
 

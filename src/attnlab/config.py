@@ -114,6 +114,14 @@ def _base(value: Any) -> Any:
     return str(value)
 
 
+def _required(message: str) -> Any:
+    """`${attnlab_required:"add init_from=<run dir of ...>"}`: a value the command line must give (OmegaConf's ??? is
+    no use for a key the base config already sets: merging ??? over a value keeps the value)."""
+    from attnlab.errors import ConfigError
+
+    raise ConfigError(message)
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; idempotent, so importing this module anywhere is enough."""
     resolvers: dict[str, tuple[Callable[..., Any], bool]] = {
@@ -127,6 +135,7 @@ def register_resolvers() -> None:
         "attnlab_mode": (_monitor_mode, False),
         "attnlab_direction": (_objective_direction, False),
         "attnlab_base": (_base, True),
+        "attnlab_required": (_required, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -14,6 +14,7 @@ from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from attnlab import build, classical, runs, sweeps
 from attnlab.adapters import ADAPTER_DIR, is_peft, parameter_counts, save_adapter
@@ -65,7 +66,19 @@ def _start_checkpoint(cfg: DictConfig) -> Path | None:
 
 def _init_source(cfg: DictConfig) -> Path | None:
     """`init_from=`: the checkpoint whose model weights a new run starts from, checked to exist."""
-    if not cfg.get("init_from"):
+    try:
+        if OmegaConf.is_missing(cfg, "init_from"):
+            raise MissingMandatoryValue("init_from")
+        value = cfg.get("init_from")
+    except (MissingMandatoryValue, InterpolationResolutionError) as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):  # ${attnlab_required:...}: its own message
+            raise ConfigError(f"experiment {cfg.name}: {cause}") from None
+        raw = OmegaConf.to_container(cfg, resolve=False).get("init_from")  # type: ignore[union-attr]
+        given = raw[2:-1] if isinstance(raw, str) and raw.startswith("${") else "init_from"
+        raise ConfigError(f"experiment {cfg.name} starts from another run's weights: add {given}=<run directory> "
+                          "(the experiment file says which run)") from None
+    if not value:
         return None
     if cfg.get("ckpt_path"):
         raise ConfigError("init_from and ckpt_path both given: ckpt_path continues a run (weights, optimizer and loop "
@@ -77,7 +90,10 @@ def _weights_from(cfg: DictConfig, source: Path | None, loaded: list[runs.Weight
     """build.assemble's `init`: load `source`'s weights into the plain model, keeping what matched in `loaded`."""
     if source is None:
         return None
-    return lambda model: loaded.append(runs.init_weights(model, source, strict=bool(cfg.get("init_from_strict", True))))
+    layers = cfg.get("init_from_layers")
+    layers = list(layers) if layers is not None and not isinstance(layers, str) else layers
+    return lambda model: loaded.append(runs.init_weights(model, source, strict=bool(cfg.get("init_from_strict", True)),
+                                                         layers=layers))
 
 
 def _run_identity(run_dir: Path, cfg: DictConfig) -> tuple[str, str | None, str]:
@@ -149,7 +165,9 @@ def fit_and_test(
         raise ConfigError("refit=true is for scikit-learn estimators; a network keeps its best validation checkpoint")
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
     loaded: list[runs.WeightMatch] = []
-    datamodule, task = build.assemble(cfg, artifacts=run.dir, init=_weights_from(cfg, init_from, loaded))
+    # A new run from another run's weights reads its data through that run's tokenizer (its own, once it saved one).
+    sources = [run.dir, runs.run_of_checkpoint(init_from) if init_from is not None else None]
+    datamodule, task = build.assemble(cfg, artifacts=sources, init=_weights_from(cfg, init_from, loaded))
     if loaded and _is_rank_zero():
         run.update(init_from={"checkpoint": str(init_from), "strict": bool(cfg.get("init_from_strict", True)),
                               "loaded": len(loaded[0].matched), "not_loaded": loaded[0].not_loaded()})
@@ -228,7 +246,9 @@ def dry_run(cfg: DictConfig) -> None:
         build.check(cfg.data, "data")
         log.info("dry run ok: %s (a scikit-learn estimator; its arguments are checked when it is fitted)", cfg.name)
         return
-    build.assemble(cfg, init=_weights_from(cfg, _init_source(cfg), []))
+    source = _init_source(cfg)
+    build.assemble(cfg, artifacts=runs.run_of_checkpoint(source) if source is not None else None,
+                   init=_weights_from(cfg, source, []))
     build.instantiate(cfg.trainer, "trainer", logger=False, callbacks=_build_callbacks(cfg))
     overrides = " ".join(HydraConfig.get().overrides.task)
     log.info("dry run ok: %s%s", cfg.name, f" [{overrides}]" if overrides else "")

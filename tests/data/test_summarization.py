@@ -29,16 +29,23 @@ def write(path, rows):
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-@pytest.fixture
-def synth(tmp_path):
-    """train.jsonl (source a list of sentences), val.jsonl.gz, news.jsonl (two reference fields, some empty)."""
+def synth_rows(tmp_path, *, long: bool = False):
+    """train.jsonl (source a list of sentences), val.jsonl.gz, news.jsonl (two reference fields, some empty) in
+    tmp_path/summ; long: validation sources and summaries longer than any max_len of the tests."""
     root = tmp_path / "summ"
     root.mkdir()
     write(root / "train.jsonl", [{"doc": [text(i, 8), text(i + 1, 6)], "tldr": text(i, 4)} for i in range(40)])
-    write(root / "val.jsonl.gz", [{"doc": text(i, 12), "tldr": [text(i, 3)]} for i in range(10)])
+    n = 200 if long else 12
+    write(root / "val.jsonl.gz", [{"doc": text(i, n), "tldr": [text(i, 3 if not long else 50)]} for i in range(10)])
     write(root / "news.jsonl", [{"doc": text(i, 10), "s1": text(i, 5), "s2": "" if i % 2 else text(i + 2, 5)}
                                 for i in range(7)])
     return root
+
+
+@pytest.fixture
+def synth(tmp_path):
+    """synth_rows' files."""
+    return synth_rows(tmp_path)
 
 
 SPLITS = {"train": {"file": "train.jsonl", "source": "doc", "targets": ["tldr"]},
@@ -299,3 +306,30 @@ def test_real_facts_read_no_data(shared_data, tmp_path):
     scitldr(shared_data, nowhere).save_artifacts(tmp_path / "run")
     other = scitldr(shared_data, nowhere, "data.tokenizer.vocab_dir=null", "data.tokenizer.hub_id=offline/none")
     assert other.load_artifacts(tmp_path / "run") and other.facts()["vocab_size"] == 50257  # loaded, not built
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_virtual_tokens_are_reserved_so_the_longest_batch_fits_the_position_table(method, tmp_path):
+    """Prompt and prefix tuning put num_virtual_tokens positions before every input: the data reserves them
+    (conf/data/scitldr.yaml: reserved_tokens from peft.num_virtual_tokens), so a batch of max_len tokens still fits
+    GPT-2's position table; without the reservation it runs past it."""
+    from attnlab import adapters
+    from attnlab.models.hf import HFCausalLM
+
+    root = synth_rows(tmp_path, long=True)
+
+    def longest_batch(reserved: int):
+        dm = make(root, max_len=32, max_summary_len=8, batch_size=2, eval_batch_size=2, reserved_tokens=reserved)
+        dm.setup("validate")
+        return dm.facts()["vocab_size"], next(iter(dm.val_dataloader()))
+
+    vocab, batch = longest_batch(4)
+    assert batch["input_ids"].shape[1] == 32 - 4
+    adapter = (adapters.PromptTuning if method == "prompt_tuning" else adapters.PrefixTuning)(num_virtual_tokens=4)
+    torch.manual_seed(0)
+    model = adapter.apply(HFCausalLM(vocab_size=vocab, max_len=32, n_layer=1, n_embd=16, n_head=2, dropout=0.0))
+    assert model(batch["input_ids"]).shape == (2, 28, vocab)
+    _, full = longest_batch(0)
+    assert full["input_ids"].shape[1] == 32
+    with pytest.raises(IndexError):
+        model(full["input_ids"])

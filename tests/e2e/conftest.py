@@ -61,6 +61,12 @@ def text_cli(tmp_path, fake_imdb_root):
 
 
 @pytest.fixture
+def imdb_cli(tmp_path, fake_imdb_root):
+    """Fake IMDB with no data setting of its own (data=mlm_corpus and data=imdb both read it), CSV tracking."""
+    return make_cli(tmp_path, fake_imdb_root, [*QUIET, "tracker=csv"])
+
+
+@pytest.fixture
 def lm_cli(tmp_path, fake_stories_root):
     """Fake stories: context 32 and a 300-token BPE (the corpus is small), 8 sampled tokens, CSV tracking."""
     return make_cli(tmp_path, fake_stories_root, ["data=tinystories_sample", "data.max_len=32",

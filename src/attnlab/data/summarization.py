@@ -8,8 +8,11 @@ every non-empty one, in order, is a reference: SciTLDR's test rows have ~3). Spl
 A row is one causal-LM sequence, the prompt then the summary (template = prefix + "{source}" + suffix):
     prompt ids  = enc(prefix) + enc(source)[:room] + enc(suffix)
     summary ids = enc(" " + reference)[:max_summary_len - 1] + [eos]
-room = max_len - max_summary_len - len(prefix ids) - len(suffix ids): the summary always keeps max_summary_len tokens
-of room, so generating one never runs past max_len; a longer source loses its end (truncate=false: an error instead).
+room = max_len - reserved_tokens - max_summary_len - len(prefix ids) - len(suffix ids): the summary always keeps
+max_summary_len tokens of room, so generating one never runs past max_len; a longer source loses its end
+(truncate=false: an error instead). reserved_tokens are positions the model itself puts before every prompt: the
+virtual tokens of prompt and prefix tuning (conf/data/scitldr.yaml takes peft.num_virtual_tokens), which would
+otherwise push a long prompt past GPT-2's position table.
 The three pieces are encoded apart, so every prompt ends in exactly the suffix's tokens whatever the source's last
 word; `preprocessing().prompt` builds prompts the same way at generation time. The summary starts with a space since
 GPT-2's BPE sees "TL;DR: word" as " word". Training learns the first reference; val and test batches carry them all.
@@ -225,8 +228,11 @@ class SummarizationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         truncate: bool = True,
         limit: dict[str, int] | None = None,
+        reserved_tokens: int = 0,
     ) -> None:
         super().__init__()
+        if reserved_tokens < 0:
+            raise ConfigError(f"data.reserved_tokens must be >= 0, got {reserved_tokens}")
         if template.count("{source}") != 1:
             raise ConfigError(f"data.template must hold {{source}} exactly once (where the text goes); got {template!r}")
         if max_summary_len < 2:
@@ -237,6 +243,7 @@ class SummarizationDataModule(L.LightningDataModule):
         self.recipe, self.seed, self.data_dir = tokenizer, seed, Path(data_dir)
         self.splits, self.hub, self.template = dict(splits), hub, template
         self.max_len, self.max_summary_len, self.truncate = max_len, max_summary_len, truncate
+        self.reserved_tokens = reserved_tokens  # positions the model puts before every prompt (peft's virtual tokens)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.limit = num_workers, dict(limit or {})
         self._tokenizer: Tokenizer | None = None
@@ -279,11 +286,12 @@ class SummarizationDataModule(L.LightningDataModule):
             if tok.eos_id is None or tok.pad_id is None:
                 raise ConfigError("summarization needs a tokenizer with <eos> and <pad>: tokenizer=gpt2, bpe or word")
             prefix, suffix = (tuple(tok.encode(part)) for part in self.template.split("{source}"))
-            room = self.max_len - self.max_summary_len - len(prefix) - len(suffix)
+            room = self.max_len - self.reserved_tokens - self.max_summary_len - len(prefix) - len(suffix)
             if room < 1:
                 raise ConfigError(f"the template {self.template!r} ({len(prefix) + len(suffix)} tokens) with "
-                                  f"max_summary_len={self.max_summary_len} leaves no room for the source in "
-                                  f"max_len={self.max_len}: raise data.max_len or lower data.max_summary_len")
+                                  f"max_summary_len={self.max_summary_len} and {self.reserved_tokens} reserved "
+                                  f"positions leaves no room for the source in max_len={self.max_len}: raise "
+                                  "data.max_len or lower data.max_summary_len")
             self._pre = SummarizationPreprocessing(tok, prefix, suffix, room)
         return self._pre
 

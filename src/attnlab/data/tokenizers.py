@@ -28,8 +28,11 @@ from attnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("pad", "unk", "cls", "sep", "sos", "eos")
-SPECIALS = {role: f"<{role}>" for role in ROLES}  # <pad> <unk> <cls> <sep> <sos> <eos>, ids 0..5 when trained
+ROLES = ("pad", "unk", "cls", "sep", "sos", "eos", "mask")
+# <pad> <unk> <cls> <sep> <sos> <eos>, ids 0..5 when trained; <mask> (id 6) only where a recipe asks for it (mask=true,
+# masked-LM pretraining), so every other tokenizer's vocabulary stays as it was.
+SPECIALS = {role: f"<{role}>" for role in ROLES if role != "mask"}
+MASK = "<mask>"
 GPT2_EOS = "<|endoftext|>"
 TOKENIZER_FILE, SPECIALS_FILE = "tokenizer.json", "specials.json"
 _ENCODE_CHUNK = 4096  # texts per encode_batch call: bounds the memory of the Encoding objects
@@ -56,6 +59,7 @@ class Tokenizer:
     sep_id: int | None
     sos_id: int | None
     eos_id: int | None
+    mask_id: int | None
 
     @property
     def vocab_size(self) -> int:
@@ -126,8 +130,21 @@ class TokenizerRecipe(Protocol):
 
 
 def _check_trainable(max_vocab: int, min_freq: int) -> None:
-    if max_vocab < len(ROLES) + 1 or min_freq < 1:
-        raise ConfigError(f"tokenizer: max_vocab must be > {len(ROLES)} and min_freq >= 1; got {max_vocab}, {min_freq}")
+    if max_vocab < len(SPECIALS) + 1 or min_freq < 1:
+        raise ConfigError(f"tokenizer: max_vocab must be > {len(SPECIALS)} and min_freq >= 1; got {max_vocab}, {min_freq}")
+
+
+def _specials(mask: bool, *, unk: bool = True) -> dict[str, str]:
+    """The special tokens of a trained vocabulary by role: attnlab's six (no <unk> for byte-level BPE), <mask> last."""
+    return {**{role: tok for role, tok in SPECIALS.items() if unk or role != "unk"}, **({"mask": MASK} if mask else {})}
+
+
+def _settings(scheme: str, recipe: Any) -> dict[str, Any]:
+    """A recipe's settings (its cache key): `mask` only when set, so keys written before it existed stay valid."""
+    values = asdict(recipe)
+    if not values.get("mask"):
+        values.pop("mask", None)
+    return {"scheme": scheme, **values}
 
 
 def _train(hf: HFTokenizer, trainer: Any, texts: Iterable[str] | None, name: str) -> None:
@@ -147,6 +164,7 @@ class WordTokenizer:
     max_vocab: int = 30000
     min_freq: int = 2
     lowercase: bool = True
+    mask: bool = False  # a <mask> token (masked-LM pretraining: task=masked_lm)
 
     trains = True
 
@@ -154,17 +172,18 @@ class WordTokenizer:
         _check_trainable(self.max_vocab, self.min_freq)
 
     def settings(self) -> dict[str, Any]:
-        return {"scheme": "word", **asdict(self)}
+        return _settings("word", self)
 
     def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         hf = HFTokenizer(models.WordLevel(unk_token=SPECIALS["unk"]))
         hf.normalizer = normalizers.Sequence([normalizers.NFKC(), *([normalizers.Lowercase()] if self.lowercase else [])])
         hf.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
         trainer = trainers.WordLevelTrainer(
-            vocab_size=self.max_vocab, min_frequency=self.min_freq, special_tokens=list(SPECIALS.values()), show_progress=False
+            vocab_size=self.max_vocab, min_frequency=self.min_freq, special_tokens=list(_specials(self.mask).values()),
+            show_progress=False,
         )
         _train(hf, trainer, texts, "word")
-        return Tokenizer(hf, SPECIALS)
+        return Tokenizer(hf, _specials(self.mask))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,6 +193,7 @@ class CharTokenizer:
     max_vocab: int = 1000
     min_freq: int = 1
     lowercase: bool = False
+    mask: bool = False  # a <mask> token (masked-LM pretraining: task=masked_lm)
 
     trains = True
 
@@ -181,7 +201,7 @@ class CharTokenizer:
         _check_trainable(self.max_vocab, self.min_freq)
 
     def settings(self) -> dict[str, Any]:
-        return {"scheme": "char", **asdict(self)}
+        return _settings("char", self)
 
     def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
         hf = HFTokenizer(models.WordLevel(unk_token=SPECIALS["unk"]))
@@ -190,10 +210,11 @@ class CharTokenizer:
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
         hf.decoder = decoders.Fuse()  # join the characters back with nothing between them
         trainer = trainers.WordLevelTrainer(
-            vocab_size=self.max_vocab, min_frequency=self.min_freq, special_tokens=list(SPECIALS.values()), show_progress=False
+            vocab_size=self.max_vocab, min_frequency=self.min_freq, special_tokens=list(_specials(self.mask).values()),
+            show_progress=False,
         )
         _train(hf, trainer, texts, "char")
-        return Tokenizer(hf, SPECIALS)
+        return Tokenizer(hf, _specials(self.mask))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +224,7 @@ class BPETokenizer:
     max_vocab: int = 16000
     min_freq: int = 2
     lowercase: bool = False
+    mask: bool = False  # a <mask> token (masked-LM pretraining: task=masked_lm)
 
     trains = True
 
@@ -210,10 +232,10 @@ class BPETokenizer:
         _check_trainable(self.max_vocab, self.min_freq)
 
     def settings(self) -> dict[str, Any]:
-        return {"scheme": "bpe", **asdict(self)}
+        return _settings("bpe", self)
 
     def build(self, texts: Iterable[str] | None = None) -> Tokenizer:
-        specials = {role: tok for role, tok in SPECIALS.items() if role != "unk"}
+        specials = _specials(self.mask, unk=False)
         hf = HFTokenizer(models.BPE())
         if self.lowercase:
             hf.normalizer = normalizers.Lowercase()

@@ -6,6 +6,10 @@ pooler (dense + tanh over [CLS]); RoBERTa drops token types (and is paired with 
 experiment); DistilBERT has half the layers of its BERT and no pooler. Sizes follow the published BERT
 miniatures (Turc et al., 2019): tiny 2x128, mini 4x256, small 4x512, medium 8x512, base 12x768; heads of 64.
 Unlike the originals the blocks are pre-norm, which trains from scratch without a long warm-up.
+
+`head="tokens"` gives the same encoder BERT's masked-LM head instead of the classifier (dense + GELU + LayerNorm,
+then the output layer tied to the token embedding): what `task=masked_lm` pretrains. A classifier started from such
+a run (`init_from=<run> init_from_strict=false`) takes every tensor but the heads and the pooler.
 """
 
 from typing import Literal
@@ -17,6 +21,7 @@ from attnlab.models.layers import Activation, Block, LearnedPositions, Sinusoida
 
 Positions = Literal["learned", "sinusoidal"]
 Pool = Literal["cls", "mean"]
+Head = Literal["classes", "tokens"]
 _POSITIONS = {"learned": LearnedPositions, "sinusoidal": SinusoidalPositions}
 _POOLS = ("cls", "mean")
 
@@ -28,7 +33,7 @@ class Encoder(nn.Module):
         self,
         *,
         vocab_size: int,
-        num_classes: int,
+        num_classes: int | None = None,
         max_len: int,
         pad_id: int = 0,
         d_model: int = 256,
@@ -41,8 +46,14 @@ class Encoder(nn.Module):
         positions: Positions = "learned",
         pool: Pool = "cls",
         pooler: bool = True,
+        head: Head = "classes",
     ) -> None:
         super().__init__()
+        if head not in ("classes", "tokens"):
+            raise ValueError(f"unknown head {head!r}; choose classes (a classifier) or tokens (masked-LM pretraining)")
+        if head == "classes" and not num_classes:
+            raise ValueError("head=classes needs num_classes (a fact of labelled data); a text corpus has no classes: "
+                             "pretrain with head=tokens (task=masked_lm)")
         if positions not in _POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; choose one of: {', '.join(_POSITIONS)}")
         if pool not in _POOLS:
@@ -59,9 +70,16 @@ class Encoder(nn.Module):
             for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
-        self.pooler = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) if pooler else nn.Identity()
-        self.head = nn.Linear(d_model, num_classes)
+        self.head_kind = head
+        if head == "classes":
+            assert num_classes is not None
+            self.pooler = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) if pooler else nn.Identity()
+            self.head = nn.Linear(d_model, num_classes)
+        else:
+            self.lm_head = MaskedLMHead(d_model, vocab_size, activation=activation)
         self.apply(self._init_weights)
+        if head == "tokens":
+            self.lm_head.decoder.weight = self.tok_embed.weight  # tied, as BERT's
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -76,15 +94,16 @@ class Encoder(nn.Module):
 
     def output_layer(self) -> nn.Module:
         """The module that produces the logits."""
-        return self.head
+        return self.head if self.head_kind == "classes" else self.lm_head.decoder
 
-    def forward(
+    def encode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Map token ids (B, T), a mask (B, T) (True/1 = real token) and segment ids (B, T) to logits (B, num_classes)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (B, T), a mask (B, T) (True/1 = real token) and segment ids (B, T) -> the final hidden states
+        (B, T, D) and the real-token mask (B, T) bool (None when no mask was given)."""
         x = self.tok_embed(input_ids)  # (B, T, D)
         if self.type_embed is not None:
             x = x + self.type_embed(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
@@ -97,7 +116,26 @@ class Encoder(nn.Module):
             mask = mask | ~real.any(dim=1)[:, None, None, None]
         for block in self.blocks:
             x = block(x, mask=mask)
-        x = self.ln_f(x)
+        return self.ln_f(x), real
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Masked-LM logits over the vocabulary (..., V) for hidden states (..., D): pass only the masked positions'
+        states, so the V-wide output layer runs on ~15% of the tokens."""
+        if self.head_kind != "tokens":
+            raise ValueError("this encoder has a classification head (head=classes), not a masked-LM one")
+        return self.lm_head(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Map token ids (B, T), a mask (B, T) (True/1 = real token) and segment ids (B, T) to logits: (B, num_classes)
+        for head=classes, (B, T, V) for every position with head=tokens."""
+        x, real = self.encode(input_ids, attention_mask, token_type_ids)
+        if self.head_kind == "tokens":
+            return self.lm_head(x)  # (B, T, V)
         if self.pool == "cls":
             pooled = x[:, 0]  # (B, D): the first token, <cls>
         elif real is None:
@@ -106,6 +144,20 @@ class Encoder(nn.Module):
             weights = real.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
             pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)  # (B, D): mean of real tokens
         return self.head(self.drop(self.pooler(pooled)))  # (B, num_classes)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head: dense + activation + LayerNorm, then a (tied) output layer over the vocabulary."""
+
+    def __init__(self, d_model: int, vocab_size: int, *, activation: Activation = "gelu") -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.norm = nn.LayerNorm(d_model)
+        self.decoder = nn.Linear(d_model, vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden))))
 
 
 _SIZES = {

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # attnlab's special-token roles -> transformers' tokenizer arguments
 _HF_SPECIALS = {"pad": "pad_token", "unk": "unk_token", "cls": "cls_token", "sep": "sep_token", "sos": "bos_token",
-                "eos": "eos_token"}
+                "eos": "eos_token", "mask": "mask_token"}
 
 
 class HFClassifier(nn.Module):

@@ -35,11 +35,12 @@ from attnlab.runs.directory import (
     save_skops,
     write_json,
 )
-from attnlab.runs.loading import LoadedRun, WeightMatch, init_weights, load_model, match_weights, model_weights, resolve_init_from
+from attnlab.runs.loading import (LoadedRun, WeightMatch, init_weights, load_model, match_weights, model_weights, pick_layers,
+                                  resolve_init_from, run_of_checkpoint)
 
 __all__ = [
     "CHECKPOINTS", "CONFIG", "HISTORY", "MANIFEST", "METRICS", "PLOTS", "LoadedRun", "Run", "WeightMatch",
-    "describe_error", "find_checkpoint", "finite_metrics", "git_state", "init_weights", "load_checkpoint", "load_config", "load_skops", "save_skops",
+    "describe_error", "find_checkpoint", "finite_metrics", "git_state", "init_weights", "pick_layers", "run_of_checkpoint", "load_checkpoint", "load_config", "load_skops", "save_skops",
     "load_model", "match_weights", "model_weights", "package_versions", "read_history", "read_json", "record_failure",
     "require_run", "resolve_init_from", "write_json",
 ]

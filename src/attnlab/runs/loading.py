@@ -10,8 +10,9 @@ light for the command line.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,13 +215,50 @@ def resolve_init_from(value: str | Path) -> Path:
     return path
 
 
-def init_weights(model: nn.Module, source: Path, *, strict: bool = True) -> WeightMatch:
+def run_of_checkpoint(path: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to (`<run>/checkpoints/<name>.ckpt`), or None for a loose file."""
+    run = Path(path).resolve().parent.parent
+    return run if (run / CONFIG).is_file() else None
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.*)$")
+
+
+def pick_layers(weights: Mapping[str, Tensor], layers: str | Sequence[int]) -> dict[str, Tensor]:
+    """A source's tensors with its blocks renumbered: block i of the result is the source's block `layers[i]`
+    (`every_other`: 0, 2, 4, ..., DistilBERT's initialisation of a student with half its teacher's layers); blocks
+    not picked are dropped, every other tensor kept. Models name their blocks `blocks.<i>.` (encoder, GPT)."""
+    found = sorted({int(m.group(1)) for key in weights if (m := _BLOCK.match(key))})
+    if not found:
+        raise ConfigError("init_from_layers: the source has no blocks.<i>. tensors to pick from")
+    if layers == "every_other":
+        picked = found[::2]
+    elif isinstance(layers, str):
+        raise ConfigError(f"init_from_layers={layers!r}: give every_other or a list of the source's block indices")
+    else:
+        picked = [int(i) for i in layers]
+    bad = [i for i in picked if i not in found]
+    if bad or not picked:
+        raise ConfigError(f"init_from_layers={list(layers) if not isinstance(layers, str) else layers}: the source has "
+                          f"blocks {found[0]}..{found[-1]}; {bad or 'none'} picked")
+    out = {key: value for key, value in weights.items() if not _BLOCK.match(key)}
+    for new, old in enumerate(picked):
+        prefix = f"blocks.{old}."
+        out.update({f"blocks.{new}.{key[len(prefix):]}": value for key, value in weights.items() if key.startswith(prefix)})
+    log.info("init_from_layers: the source's blocks %s become blocks 0..%d", picked, len(picked) - 1)
+    return out
+
+
+def init_weights(model: nn.Module, source: Path, *, strict: bool = True,
+                 layers: str | Sequence[int] | None = None) -> WeightMatch:
     """Load a checkpoint's model weights into a freshly built (plain, untransformed) model, matched by name and shape.
 
     strict: any tensor that does not match is a ConfigError listing them. Not strict: load the ones that match and
-    warn about the rest (a new classification head keeps its initial values).
+    warn about the rest (a new classification head keeps its initial values). layers: see `pick_layers`.
     """
     weights = model_weights(load_checkpoint(source))
+    if layers is not None:
+        weights = pick_layers(weights, layers)
     match = match_weights(model.state_dict(), weights)
     if not match.matched:
         raise ConfigError(f"init_from={source}: no tensor of it fits this model (names or shapes differ everywhere: "
