@@ -14,7 +14,7 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping
 
 import hydra.utils
 from hydra.errors import InstantiationException
@@ -259,14 +259,15 @@ def instantiate(node: DictConfig, path: str, facts: Mapping[str, Any] | None = N
         raise ConfigError(f"{path} ({_describe(target)}): {err}") from err
 
 
-def make_datamodule(cfg: DictConfig, artifacts: Path | Sequence[Path | None] | None = None) -> Any:
+def make_datamodule(cfg: DictConfig, artifacts: Path | None = None, tokenizer_from: Path | None = None) -> Any:
     """The configured LightningDataModule; reads no data. `artifacts`: a run directory whose saved data artifacts (a
-    trained tokenizer) it reuses, if it has `load_artifacts(run_dir)` (see `save_artifacts` in train.py); or several,
-    the first that holds artifacts used (a run's own, then its `init_from` run's: the tokenizer travels with weights)."""
+    trained tokenizer, class names) it reuses, if it has `load_artifacts(run_dir)` (see `save_artifacts` in train.py).
+    `tokenizer_from`: when `artifacts` held none, the run whose tokenizer alone to use (`init_from`'s: the tokenizer
+    travels with the weights, while the classes and the rest stay this data's), if it has `load_tokenizer(run_dir)`."""
     datamodule = instantiate(cfg.data, "data")
-    sources = [artifacts] if artifacts is None or isinstance(artifacts, (str, Path)) else list(artifacts)
-    if hasattr(datamodule, "load_artifacts"):
-        next((d for d in sources if d is not None and datamodule.load_artifacts(Path(d))), None)
+    loaded = artifacts is not None and hasattr(datamodule, "load_artifacts") and datamodule.load_artifacts(artifacts)
+    if not loaded and tokenizer_from is not None and hasattr(datamodule, "load_tokenizer"):
+        datamodule.load_tokenizer(tokenizer_from)
     return datamodule
 
 
@@ -319,15 +320,16 @@ def make_task(cfg: DictConfig, model: Any, facts: Mapping[str, Any], *, training
 
 
 def assemble(
-    cfg: DictConfig, artifacts: Path | Sequence[Path | None] | None = None, init: Callable[[Any], Any] | None = None
+    cfg: DictConfig, artifacts: Path | None = None, init: Callable[[Any], Any] | None = None,
+    tokenizer_from: Path | None = None,
 ) -> tuple[Any, Any]:
     """data -> model -> transform -> task, as DESIGN.md draws it: (LightningDataModule, task LightningModule).
 
     Facts of the data (`num_classes`, `image_size`, `vocab_size`, ...) reach the model and the task from
-    `datamodule.facts()`, never from YAML. `artifacts`: see `make_datamodule`. `init(model)`: weights for the plain
+    `datamodule.facts()`, never from YAML. `artifacts`, `tokenizer_from`: see `make_datamodule`. `init(model)`: weights for the plain
     model before it is transformed (`init_from`).
     """
-    datamodule = make_datamodule(cfg, artifacts)
+    datamodule = make_datamodule(cfg, artifacts, tokenizer_from)
     facts = datamodule.facts()
     model = make_model(cfg, facts, init)
     return datamodule, make_task(cfg, model, facts)

@@ -166,8 +166,8 @@ def fit_and_test(
     # A resumed run reuses the data artifacts (a trained tokenizer) it saved; a new run saves them.
     loaded: list[runs.WeightMatch] = []
     # A new run from another run's weights reads its data through that run's tokenizer (its own, once it saved one).
-    sources = [run.dir, runs.run_of_checkpoint(init_from) if init_from is not None else None]
-    datamodule, task = build.assemble(cfg, artifacts=sources, init=_weights_from(cfg, init_from, loaded))
+    datamodule, task = build.assemble(cfg, artifacts=run.dir, init=_weights_from(cfg, init_from, loaded),
+                                      tokenizer_from=runs.run_of_checkpoint(init_from) if init_from is not None else None)
     if loaded and _is_rank_zero():
         run.update(init_from={"checkpoint": str(init_from), "strict": bool(cfg.get("init_from_strict", True)),
                               "loaded": len(loaded[0].matched), "not_loaded": loaded[0].not_loaded()})
@@ -247,7 +247,7 @@ def dry_run(cfg: DictConfig) -> None:
         log.info("dry run ok: %s (a scikit-learn estimator; its arguments are checked when it is fitted)", cfg.name)
         return
     source = _init_source(cfg)
-    build.assemble(cfg, artifacts=runs.run_of_checkpoint(source) if source is not None else None,
+    build.assemble(cfg, tokenizer_from=runs.run_of_checkpoint(source) if source is not None else None,
                    init=_weights_from(cfg, source, []))
     build.instantiate(cfg.trainer, "trainer", logger=False, callbacks=_build_callbacks(cfg))
     overrides = " ".join(HydraConfig.get().overrides.task)

@@ -122,3 +122,18 @@ def test_label_order_survives_save_and_reload(tmp_path):
     assert again.facts()["class_names"] == order and again.tokenizer.fingerprint() == dm.tokenizer.fingerprint()
     first = dm.datasets["train"].labels[0].item()
     assert order[first] in ("cherry", "apple", "banana")
+
+
+def test_another_runs_tokenizer_comes_without_its_classes(tmp_path):
+    """init_from: the source run's tokenizer (its weights read those ids), this data's own classes (a 2-class run
+    fine-tuned into a 3-class task keeps 3)."""
+    source = make(tmp_path, write_csv(tmp_path / "two.csv", labels=("apple", "banana")),
+                  tokenizer=WordTokenizer(max_vocab=30, min_freq=1))
+    source.setup()
+    source.save_artifacts(tmp_path / "run")
+    target = make(tmp_path, write_csv(tmp_path / "three.csv"))
+    assert target.load_tokenizer(tmp_path / "run")
+    facts = target.facts()
+    assert facts["class_names"] == ["apple", "banana", "cherry"] and facts["vocab_size"] == source.tokenizer.vocab_size
+    assert target.tokenizer.fingerprint() == source.tokenizer.fingerprint()
+    assert not make(tmp_path, tmp_path / "three.csv").load_tokenizer(tmp_path / "nothing")

@@ -229,6 +229,10 @@ class TextCorpusDataModule(L.LightningDataModule):
         """Keep the tokenizer in the run directory: validation and generation reuse exactly these ids."""
         self.tokenizer.save(Path(run_dir) / ARTIFACT_DIR)
 
+    def load_tokenizer(self, run_dir: Path) -> bool:
+        """Use the tokenizer another run saved (`init_from`: its weights read these ids); True if it saved one."""
+        return self.load_artifacts(run_dir)
+
     def load_artifacts(self, run_dir: Path) -> bool:
         """Use the tokenizer a run saved, if it saved one, instead of building it from the settings; True if it did.
         With it, `facts()` and `preprocessing()` read no data."""

@@ -234,12 +234,19 @@ class TextClassificationDataModule(L.LightningDataModule):
     def load_artifacts(self, run_dir: Path) -> bool:
         """Use the tokenizer (and class names) a run saved instead of building them from the settings; True if it
         saved a tokenizer. With it, `facts()` and `preprocessing()` read no data."""
+        if not self.load_tokenizer(run_dir):
+            return False
+        if (Path(run_dir) / LABELS_FILE).is_file():
+            self.class_names = json.loads((Path(run_dir) / LABELS_FILE).read_text())
+        return True
+
+    def load_tokenizer(self, run_dir: Path) -> bool:
+        """Use the tokenizer another run saved (`init_from`: its weights read these ids), nothing else of it; True if
+        it saved one."""
         path = Path(run_dir) / ARTIFACT_DIR
         if not path.is_dir():
             return False
         self.tokenizer = Tokenizer.load(path)
-        if (Path(run_dir) / LABELS_FILE).is_file():
-            self.class_names = json.loads((Path(run_dir) / LABELS_FILE).read_text())
         self.log.info("tokenizer from %s (vocabulary %d)", path, self.tokenizer.vocab_size)
         return True
 
