@@ -13,12 +13,12 @@ from test_configs import EXPERIMENT_NEEDS, check_all, composed, options
 # Per experiment: another optimizer and a sibling model of the same family (what a user tries next).
 OTHER_MODEL = {"mnist": "vit", "imdb": "gru", "tinystories": "lstm_lm", "multi30k": "lstm_attention",
                "tatoeba": "lstm_attention", "pretrain": "gpt", "wine": "mlp", "california": "ft_transformer",
-               "boston": "linear"}
+               "boston": "linear", "imdb_mlm": "distilbert"}  # a masked-LM run pretrains encoders only
 SWITCHES = [
     (experiment, f"optimizer={'adamw' if experiment.endswith(('_gpt', '_lstm')) and experiment.startswith('tiny') else 'muon'}")
     for experiment in options("experiment") if experiment != "tinystories_ngram"
 ] + [
-    (experiment, f"model={OTHER_MODEL[experiment.split('_')[0]]}")
+    (experiment, f"model={OTHER_MODEL.get('_'.join(experiment.split('_')[:2])) or OTHER_MODEL[experiment.split('_')[0]]}")
     for experiment in options("experiment")
     if not experiment.endswith(("_vit", "_gru", "_lstm", "_ae", "_attention")) and not experiment.startswith("scitldr")
 ] + [("mnist_cnn", "scheduler=plateau"), ("tinystories_gpt", "data=tinystories"), ("imdb_bert", "tokenizer@data.tokenizer=bpe"),
