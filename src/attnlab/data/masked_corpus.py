@@ -95,7 +95,6 @@ class MaskedCorpusDataModule(TextCorpusDataModule):
         if self.max_len < 3:
             raise ConfigError(f"data.max_len must be >= 3 (<cls>, a token, <sep>), got {self.max_len}")
         self.strip_html = strip_html  # IMDB's <br /> tags as spaces, as the IMDB classifier reads its reviews
-        self.masked: dict[str, MaskedWindows] = {}
 
     def _documents(self, split: str) -> Iterator[str]:
         docs = super()._documents(split)
@@ -115,7 +114,7 @@ class MaskedCorpusDataModule(TextCorpusDataModule):
                 "special_ids": special_ids(tok), "word_start": word_starts(tok), "tokenizer": tok}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.masked:
+        if self.datasets:
             return
         tok, span = self.tokenizer, self.max_len - 2
         streams = {"train": self.train_tokens(), "val": self.val_tokens(), "test": self.test_tokens()}
@@ -125,25 +124,13 @@ class MaskedCorpusDataModule(TextCorpusDataModule):
                 raise DataError(f"the {self.name} {split} stream ({source}) has {len(stream)} tokens, fewer than one "
                                 f"window of max_len - 2 = {span}; lower data.max_len or use more text")
             limit = None if split == "train" else self.val_windows
-            self.masked[split] = MaskedWindows(stream, span=span, starts=fixed_starts(len(stream), span, limit),
+            self.datasets[split] = MaskedWindows(stream, span=span, starts=fixed_starts(len(stream), span, limit),
                                                cls_id=tok.cls_id, sep_id=tok.sep_id)
         log.info("%s (masked LM): train %s tokens in %s windows of %d, val %s windows, vocabulary %d", self.name,
-                 f"{len(streams['train']):,}", f"{len(self.masked['train']):,}", self.max_len,
-                 f"{len(self.masked['val']):,}", tok.vocab_size)
-
-    def _windows(self, split: str) -> MaskedWindows:
-        if split not in self.masked:
-            raise RuntimeError("MaskedCorpusDataModule: call setup() before asking for a dataloader")
-        return self.masked[split]
+                 f"{len(streams['train']):,}", f"{len(self.datasets['train']):,}", self.max_len,
+                 f"{len(self.datasets['val']):,}", tok.vocab_size)
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self._windows("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed,
-                           num_workers=self.num_workers, trainer=self.trainer)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self._windows("val"), batch_size=self.eval_batch_size, shuffle=False, seed=self.seed,
-                           num_workers=self.num_workers, trainer=self.trainer)
-
-    def test_dataloader(self) -> DataLoader:
-        return make_loader(self._windows("test"), batch_size=self.eval_batch_size, shuffle=False, seed=self.seed,
+        """Every window once an epoch, shuffled by (seed, epoch); validation and test loaders are the corpus's."""
+        return make_loader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, seed=self.seed,
                            num_workers=self.num_workers, trainer=self.trainer)

@@ -59,10 +59,14 @@ class ClassificationTask(Task):
         # Smoothing is a training regulariser; evaluation reports the plain cross-entropy.
         loss = F.cross_entropy(logits, y, weight=self.class_weight if stage == "train" else None,
                                label_smoothing=self.label_smoothing if stage == "train" else 0.0)
-        preds = logits.argmax(dim=-1)
+        self.log_loss(stage, loss, len(y))
+        self.record(stage, logits.argmax(dim=-1), y)
+        return loss
+
+    def record(self, stage: Stage, preds: Tensor, y: Tensor) -> None:
+        """Update and log the stage's accuracy (and, in evaluation, macro-F1, per-class accuracy, confusion)."""
         acc = getattr(self, f"{stage}_acc")
         acc(preds, y)
-        self.log_loss(stage, loss, len(y))
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             f1 = getattr(self, f"{stage}_f1")
@@ -71,7 +75,6 @@ class ClassificationTask(Task):
         if stage == "test":
             self.test_class_acc.update(preds, y)
             self.test_confusion.update(preds, y)
-        return loss
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -109,10 +109,7 @@ class DistillationTask(ClassificationTask):
         logits = self._forward(x)  # (B, C)
         kl = distillation_kl(logits, self._teacher_logits(x), self.temperature)
         hard = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
-        preds = logits.argmax(dim=-1)
-        acc = getattr(self, f"{stage}_acc")
-        acc(preds, y)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.record(stage, logits.argmax(dim=-1), y)
         if stage == "train":
             loss = self.alpha * kl + (1 - self.alpha) * hard
             self.log_loss(stage, loss, len(y))
@@ -121,10 +118,4 @@ class DistillationTask(ClassificationTask):
         # Evaluation reports the plain cross-entropy (comparable with any classifier's) and the KL beside it.
         self.log_loss(stage, hard, len(y))
         self.log(f"{stage}/kl", kl, on_step=False, on_epoch=True, batch_size=len(y))
-        f1 = getattr(self, f"{stage}_f1")
-        f1(preds, y)
-        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
-        if stage == "test":
-            self.test_class_acc.update(preds, y)
-            self.test_confusion.update(preds, y)
         return hard
