@@ -121,3 +121,24 @@ def test_a_failed_write_leaves_no_output_file(tmp_path):
     with pytest.raises(IndexError):
         write_predictions(tmp_path / "half.jsonl", ["only one id"], predictions, top_k=2)
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_a_distilled_student_is_a_classifier_and_a_masked_lm_is_not():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from attnlab.errors import RunError
+    from attnlab.predict import check_classifier
+    from attnlab.tasks import task_name
+
+    def loaded(target: str):
+        cfg = OmegaConf.create({"task": {"_target_": target}})
+        return SimpleNamespace(cfg=cfg, facts={"class_names": ["a", "b"]}, preprocess=SimpleNamespace(to_batch=len),
+                               run_dir="run")
+
+    assert task_name(loaded("attnlab.tasks.distillation.DistillationTask").cfg) == "DistillationTask"
+    check_classifier(loaded("attnlab.tasks.distillation.DistillationTask"))
+    check_classifier(loaded("attnlab.tasks.classification.ClassificationTask"))
+    with pytest.raises(RunError, match="MaskedLMTask run, not a classifier"):
+        check_classifier(loaded("attnlab.tasks.masked_lm.MaskedLMTask"))

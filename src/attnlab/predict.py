@@ -29,10 +29,10 @@ import torch
 from attnlab.data.images import IMAGE_SUFFIXES
 from attnlab.data.sources import TABLE_SUFFIXES, iter_rows
 from attnlab.errors import ConfigError, DataError, RunError
+from attnlab.tasks import CLASSIFIER_TASKS, task_name
 
 log = logging.getLogger("attnlab")
 
-CLASSIFIER = "ClassificationTask"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -55,8 +55,8 @@ class Predictions:
 
 def check_classifier(loaded: Any) -> None:
     """A RunError unless the run is a classifier whose preprocessing can batch raw inputs."""
-    task = str(loaded.cfg.task.get("_target_", "")).rsplit(".", 1)[-1]
-    if task != CLASSIFIER or "class_names" not in loaded.facts:
+    task = task_name(loaded.cfg)
+    if task not in CLASSIFIER_TASKS or "class_names" not in loaded.facts:
         raise RunError(f"{loaded.run_dir} is a {task or 'task-less'} run, not a classifier; predict takes runs of "
                        "task=classification (text, image or tabular)")
     if not hasattr(loaded.preprocess, "to_batch"):

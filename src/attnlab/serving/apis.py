@@ -363,15 +363,17 @@ def family_of(loaded: Any) -> str:
     from attnlab.data.images import ImageNormalization, StandardizedImages
     from attnlab.data.imdb import ReviewPreprocessing
 
+    from attnlab.tasks import CLASSIFIER_TASKS, task_name
+
     pre, model = loaded.preprocess, loaded.model
-    task = str(loaded.cfg.task._target_).rsplit(".", 1)[-1]
+    task = task_name(loaded.cfg)
     if hasattr(pre, "decode_target"):
         return "translation"
     if hasattr(pre, "prompt"):
         return "summarization"
-    if task == "ClassificationTask" and isinstance(pre, (ImageNormalization, StandardizedImages)):  # MNIST, folders
+    if task in CLASSIFIER_TASKS and isinstance(pre, (ImageNormalization, StandardizedImages)):  # MNIST, folders
         return "image_classification"
-    if task == "ClassificationTask" and isinstance(pre, ReviewPreprocessing):
+    if task in CLASSIFIER_TASKS and isinstance(pre, ReviewPreprocessing):
         return "text_classification"
     if task == "LanguageModelingTask" and hasattr(model, "generate"):
         return "language_model"

@@ -37,6 +37,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from attnlab.errors import ConfigError
+from attnlab.tasks import task_name
 
 log = logging.getLogger("attnlab")
 
@@ -216,7 +217,7 @@ def inspect_run(run: str, ckpt: str, *, store: str | None = None) -> dict[str, A
         "run_id": (registry.source_of(loaded.run_dir) or {}).get("run") or loaded.run_dir.name, "run_dir": str(loaded.run_dir),
         "version": registry.label(loaded.run_dir), "registered": registry.source_of(loaded.run_dir),
         "checkpoint": loaded.checkpoint.name,
-        "family": family, "task": str(loaded.cfg.task._target_).rsplit(".", 1)[-1],
+        "family": family, "task": task_name(loaded.cfg),
         "model": str(loaded.cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
         "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
         "metrics": runs.finite_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}),
@@ -230,10 +231,11 @@ def inspect_run(run: str, ckpt: str, *, store: str | None = None) -> dict[str, A
 
 
 def _canary(cfg: DictConfig, main: dict[str, Any], *, store: str | None) -> dict[str, Any]:
-    """The canary, loaded and checked to do the main model's task (family, task, classes, image size)."""
+    """The canary, loaded and checked to do the main model's task (family, classes, image size): a distilled
+    student (DistillationTask) can be the canary of its teacher (ClassificationTask)."""
     other = inspect_run(str(cfg.canary), "best", store=store)
     mine, theirs = main["info"], other["info"]
-    what = ("family", "task", "class_names")
+    what = ("family", "class_names")
     if any(mine[k] != theirs[k] for k in what) or main["image"] != other["image"]:
         differ = "; ".join(f"{k}: {mine[k]} here, {theirs[k]} in the canary" for k in what if mine[k] != theirs[k])
         raise ConfigError(f"canary={cfg.canary} does another task than the main model ({differ or 'image size'}); a canary "
