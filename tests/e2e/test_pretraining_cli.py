@@ -4,6 +4,7 @@ a half-depth student; each experiment runs a few batches, and a fine-tuning run 
 refused with a message that names the setting."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,17 @@ def test_pretrain_fine_tune_distil(imdb_cli):
     # The distilled run validates alone (no teacher needed) to the accuracy it recorded.
     cli("val/validate.py", f"run={kd}")
     assert read(kd / "validation" / "test.json")["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    # ... and it is a classifier to predict and serve, as its teacher is.
+    done = cli("app/predict.py", f"run={kd}", "input=a wonderful film, the best of the year")
+    said = done.stdout + done.stderr
+    assert "predicted 1 input(s)" in said and re.search(r": (positive|negative) [01]\.\d{4}", said), said
+    # The student's inference speed against its teacher's, side by side on the same texts.
+    texts = cli.results.parent / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"review {i}: " + "a fine film " * (i % 7 + 1)}) + "\n" for i in range(12)))
+    done = cli("scripts/bench_models.py", f"runs={runs['imdb_bert_ft']},{kd}", f"input={texts}", "n=10", "batch=4",
+               "rounds=1", "threads=1")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    teacher, student = report["rows"]
+    assert report["n"] == 10 and teacher["speedup"] == 1.0 and student["speedup"] > 0
+    assert (teacher["layers"], student["layers"]) == (2, 1) and student["parameters"] < teacher["parameters"]
+    assert cli("scripts/bench_models.py", f"runs={kd}", f"input={texts}", expect=2).stderr.startswith("error: name two runs")

@@ -131,6 +131,18 @@ def test_encoder_families_differ_as_published():
     assert not torch.allclose(bert.eval()(ids, token_type_ids=segments), bert(ids))
 
 
+
+def test_attention_dropout_is_its_own_setting():
+    kw = dict(vocab_size=V, num_classes=C, max_len=16, dropout=0.2)
+    same, off = enc.bert_tiny(**kw), enc.bert_tiny(**kw, attn_dropout=0.0)
+    assert [b.attn.dropout for b in same.blocks] == [0.2, 0.2] and [b.attn.dropout for b in off.blocks] == [0.0, 0.0]
+    assert all(b.drop.p == 0.2 for b in off.blocks)  # the residual branches keep theirs
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    for m in off.train().modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    assert torch.equal(off(ids), off(ids))  # in training, nothing random is left once the other dropouts are off
+
 @pytest.mark.parametrize(
     "build, message",
     [

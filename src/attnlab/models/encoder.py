@@ -41,6 +41,7 @@ class Encoder(nn.Module):
         n_heads: int = 4,
         d_ff: int | None = None,
         dropout: float = 0.1,
+        attn_dropout: float | None = None,
         activation: Activation = "gelu",
         type_vocab_size: int = 0,
         positions: Positions = "learned",
@@ -66,7 +67,8 @@ class Encoder(nn.Module):
         self.ln_embed = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model=d_model, n_heads=n_heads, d_ff=d_ff or 4 * d_model, dropout=dropout, activation=activation)
+            Block(d_model=d_model, n_heads=n_heads, d_ff=d_ff or 4 * d_model, dropout=dropout, activation=activation,
+                  attn_dropout=attn_dropout)
             for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
