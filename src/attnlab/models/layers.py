@@ -224,7 +224,7 @@ class Block(nn.Module):
         attn_dropout: float | None = None,
     ) -> None:
         """`attn_dropout`: dropout on the attention weights (None: `dropout`). Any above 0 sends CPU training off
-        SDPA's fused kernel onto the one that writes out the (T, T) weights: 2.2x slower attention at length 512."""
+        SDPA's fused kernel onto the one that writes out the (T, T) weights (a BERT-Tiny step at 512 tokens: 1.34x)."""
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model, bias=bias)
         self.attn = MultiHeadAttention(d_model=d_model, n_heads=n_heads, bias=bias,
