@@ -21,15 +21,11 @@ import json
 import logging
 import os
 import platform
-import statistics
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attnlab.cli import script_fail, script_settings
+from attnlab.cli import script_fail, script_settings, time_rounds
 
 DEFAULTS: dict[str, Any] = {"run": None, "batch": "1,32", "rounds": 20, "threads": 2, "length": 0}
 TEXT_LENGTH = 256  # a typical review's length in tokens (IMDB's median is about 230 words)
@@ -60,19 +56,6 @@ def cpu() -> dict[str, Any]:
     flags = set(fields.get("flags", "").split())
     return {"model": name, "avx512": "avx512f" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "avx2": "avx2" in flags, "avx_vnni": "avx_vnni" in flags}
-
-
-def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median ms per call of each backend: a warm-up each, then rounds that call every backend in turn."""
-    for call in calls.values():
-        call()
-    spent: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            spent[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(ms) for name, ms in spent.items()}
 
 
 def bench(args: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ a small model against a large one.
 
 Each run reads the first n inputs of `input` (a table with a `text` column, as app/predict.py reads it) through its
 own preprocessing (tokenizer, truncation to its max_len), once, before timing, in length-sorted batches of `batch`
-as predict makes them; then every round times one pass of each run's model over all its batches, the runs in turn,
-so load on the machine hits them alike. Reported: the median seconds per pass, inputs per second, parameters, and the
+as predict makes them; after a warm-up pass each, every round times one pass of each run's model over all its
+batches, the runs in turn (attnlab.cli.time_rounds), so load on the machine hits them alike. Reported: the median seconds per pass, inputs per second, parameters, and the
 speed-up of each run over the first (first's seconds / its seconds). The model's forward only: tokenization is the
 same work for runs that share a tokenizer. The CPU and the 1-minute load average at the start are printed with the
 figures; the ratio carries over between machines better than the absolute times. Prints a markdown table and, last,
@@ -19,29 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
 from typing import Any
 
-from attnlab.cli import script_fail, script_settings
+from attnlab.cli import cpu_name, script_fail, script_settings, time_rounds
 
 DEFAULTS: dict[str, Any] = {"runs": None, "input": None, "n": 2000, "batch": 32, "rounds": 3, "threads": 2}
 USAGE = "python scripts/bench_models.py runs=<run dir>,<run dir> input=<.csv/.jsonl file of texts>"
-
-
-def cpu() -> str:
-    """lscpu's model name, its widest vector extension and the core count."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line for line in info.splitlines() if line.startswith("Flags")), "")
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model} ({isa}, {os.cpu_count()} cores)"
 
 
 def parse(argv: list[str]) -> dict[str, Any]:
@@ -85,17 +68,10 @@ def bench(args: dict[str, Any]) -> dict[str, Any]:
         for b in batches:
             model(**b) if isinstance(b, dict) else model(b)
 
-    seconds: list[list[float]] = [[] for _ in runs]
-    with torch.inference_mode():
-        for loaded, batches in runs:  # warm-up: one batch each
-            one_pass(loaded.model, batches[:1])
-        for r in range(args["rounds"]):
-            for i, (loaded, batches) in enumerate(runs):
-                start = time.perf_counter()
-                one_pass(loaded.model, batches)
-                seconds[i].append(time.perf_counter() - start)
-            print(f"round {r + 1}/{args['rounds']}: " + ", ".join(f"{s[-1]:.2f} s" for s in seconds), file=sys.stderr)
-    median = [statistics.median(s) for s in seconds]
+    with torch.inference_mode():  # a warm-up pass each, then rounds of one pass of every run in turn
+        ms = time_rounds({str(i): (lambda m=loaded.model, b=batches: one_pass(m, b)) for i, (loaded, batches)
+                          in enumerate(runs)}, args["rounds"])
+    median = [ms[str(i)] / 1e3 for i in range(len(runs))]
     rows = []
     for (loaded, _), sec in zip(runs, median):
         rows.append({"run": loaded.run_dir.name, "model": str(loaded.cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
@@ -103,7 +79,7 @@ def bench(args: dict[str, Any]) -> dict[str, Any]:
                      "layers": len(loaded.model.blocks) if hasattr(loaded.model, "blocks") else None, "seconds": round(sec, 3),
                      "inputs_per_s": round(len(items) / sec, 1), "speedup": round(median[0] / sec, 3)})
     return {"input": str(args["input"]), "n": len(items), "batch": args["batch"], "rounds": args["rounds"],
-            "threads": args["threads"], "cpu": cpu(), "load_avg_1m": load, "torch": torch.__version__, "rows": rows}
+            "threads": args["threads"], "cpu": cpu_name(), "load_avg_1m": load, "torch": torch.__version__, "rows": rows}
 
 
 def table(report: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from attnlab.cli import script_fail, script_settings
+from attnlab.cli import cpu_name, script_fail, script_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS: dict[str, Any] = {"run": None, "clients": 32, "requests": 2000, "max_batch_size": "32,1", "batch_timeout": 0.01,
@@ -47,17 +47,6 @@ def parse(argv: list[str]) -> dict[str, Any]:
     except ValueError:
         script_fail(f"max_batch_size={settings['max_batch_size']}: expected comma-separated integers, e.g. 32,1")
     return settings
-
-
-def cpu() -> str:
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line for line in info.splitlines() if line.startswith("Flags")), "")
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model} ({isa}, {os.cpu_count()} cores)"
 
 
 def bodies(family: str, texts_file: str, n: int) -> list[dict]:
@@ -199,7 +188,7 @@ def main() -> None:
     family = family_of(loaded)
     del loaded
     print(f"# {family} run {settings['run']}; {settings['clients']} clients, {settings['requests']} requests; "
-          f"backend {settings['backend']}, {settings['workers']} worker(s); CPU: {cpu()}", flush=True)
+          f"backend {settings['backend']}, {settings['workers']} worker(s); CPU: {cpu_name()}", flush=True)
     results = [bench(settings, batch, family) for batch in settings["max_batch_size"]]
     print("| max_batch_size | req/s | p50 ms | p95 ms | p99 ms | errors | requests/batch | RSS start -> end MB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -210,7 +199,7 @@ def main() -> None:
     if len(results) > 1:
         print(f"throughput ratio, max_batch_size={results[0]['max_batch_size']} over {results[-1]['max_batch_size']}: "
               f"{results[0]['throughput_rps'] / results[-1]['throughput_rps']:.2f}x")
-    print(json.dumps({**results[0], "runs": results, "cpu": cpu()}))
+    print(json.dumps({**results[0], "runs": results, "cpu": cpu_name()}))
 
 
 if __name__ == "__main__":

@@ -294,6 +294,38 @@ def script_settings(argv: list[str], defaults: dict[str, Any], *, usage: str) ->
     return args
 
 
+
+def cpu_name() -> str:
+    """lscpu's model name, its widest vector extension and the core count: what the scripts/ benchmarks print."""
+    import platform
+    import subprocess
+
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line for line in info.splitlines() if line.startswith("Flags")), "")
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({isa}, {os.cpu_count()} cores)"
+
+
+def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median ms per call of each named call: a warm-up each, then rounds that call every one in turn, so load on
+    the machine hits them alike (the scripts/ benchmarks' side-by-side timing)."""
+    import statistics
+    import time
+
+    for call in calls.values():
+        call()
+    spent: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            spent[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ms) for name, ms in spent.items()}
+
 REGISTRY_USAGE = """usage: python app/registry.py <command> key=value ...   (or attnlab-registry <command> ...)
   register run=<run dir> name=<model> [alias=<alias>]   the run as the model's next version (MLflow model registry)
   list     name=<model>                                  its versions: aliases, creation time, run, test metrics, lineage
