@@ -131,6 +131,26 @@ def test_ratio_columns_are_derived_from_the_inputs(house_csv):
     assert np.isfinite(x).all()
 
 
+def test_projections_read_two_columns_along_evenly_spaced_directions(house_csv, tmp_path):
+    dm = module([house_csv], target="price", kind="regression", scaler="robust",
+                projections={"columns": ["rooms", "income"], "directions": 8})
+    prep = dm.preprocessing()
+    names = [f"rooms_income_{a:g}deg" for a in (22.5, 45, 67.5, 112.5, 135, 157.5)]  # 0 and 90: the columns themselves
+    derived = prep.with_ratios(pd.DataFrame([{"rooms": 3.0, "income": 4.0, "place": "bay"}]))
+    assert list(derived.columns[-6:]) == names
+    assert derived["rooms_income_45deg"].iloc[0] == pytest.approx(7 / 2 ** 0.5)
+    assert derived["rooms_income_135deg"].iloc[0] == pytest.approx(1 / 2 ** 0.5)
+    assert prep.n_features == 2 + 6 + 3  # numeric + projections + one-hot place
+    dm.save_artifacts(tmp_path / "run")  # the run's directions come back with it
+    again = TablePreprocessing.load(tmp_path / "run" / "tabular")
+    rows = house_table(5, seed=3)
+    np.testing.assert_array_equal(again.transform(rows), prep.transform(rows))
+    for bad in ({"columns": ["rooms"], "directions": 8}, {"columns": ["rooms", "place"], "directions": 8},
+                {"columns": ["rooms", "income"], "directions": 2}, {"columns": ["rooms", "income"], "angles": 8}):
+        with pytest.raises(DataError, match="data.projections"):
+            module([house_csv], target="price", kind="regression", projections=bad).facts()
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"target": "cost"}, r"data.target='cost': no such column .* its columns: rooms, income, place, price"),
     ({"target": "place"}, r"data.target='place' is not numeric \(e.g. '(coast|inland|bay)'\) but data.kind=regression"),

@@ -68,10 +68,12 @@ class TablePreprocessing:
     target_std: float = 1.0
     log_target: bool = False
     ratios: dict[str, list[str]] = field(default_factory=dict)  # derived column -> [numerator, denominator]
+    projections: dict[str, Any] = field(default_factory=dict)  # {columns: [x, y], directions: n} (see add_projections)
 
     def with_ratios(self, frame: Any) -> Any:
-        """The feature columns plus the derived ratio columns (a zero denominator gives a missing value, imputed)."""
-        return add_ratios(frame, self.ratios)
+        """The feature columns plus the derived columns: ratios (a zero denominator gives a missing value, imputed) and
+        projections."""
+        return add_projections(add_ratios(frame, self.ratios), self.projections)
 
     # -- features ---------------------------------------------------------------------------------------------------
     def transform(self, frame: Any) -> np.ndarray:
@@ -172,6 +174,7 @@ def fit_preprocessing(
     ratios: Mapping[str, Sequence[str]] | None = None,
     scaler: str = "standard",
     seed: int = 0,
+    projections: Mapping[str, Any] | None = None,
 ) -> TablePreprocessing:
     """Fit the ColumnTransformer and the target encoding on the training rows only."""
     import pandas.api.types as ptypes
@@ -188,7 +191,8 @@ def fit_preprocessing(
     for name, pair in ratios.items():
         if len(pair) != 2 or any(c not in features or c in categorical for c in pair):
             raise DataError(f"data.ratios.{name}={pair}: give [numerator, denominator], two numeric feature columns")
-    numeric = [c for c in features if c not in categorical] + list(ratios)
+    projections = _check_projections(projections, features, categorical)
+    numeric = [c for c in features if c not in categorical] + list(ratios) + projection_names(projections)
     if encoding == "onehot":
         cat_pipe = make_pipeline(SimpleImputer(strategy="most_frequent"),
                                  OneHotEncoder(handle_unknown="ignore", sparse_output=False))
@@ -203,7 +207,7 @@ def fit_preprocessing(
               numeric)] if numeric else []
     parts += [("cat", cat_pipe, categorical)] if categorical else []
     transformer = ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
-    frame = add_ratios(train[features].copy(), ratios)
+    frame = add_projections(add_ratios(train[features].copy(), ratios), projections)
     for col in categorical:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
     transformer.fit(frame)
@@ -215,7 +219,8 @@ def fit_preprocessing(
         n_numeric = n_features - len(categorical)
     prep = TablePreprocessing(transformer=transformer, kind=kind, target=target, feature_columns=list(features),
                               categorical=list(categorical), n_features=n_features, n_numeric=n_numeric,
-                              cardinalities=cardinalities, log_target=log_target, ratios=ratios)
+                              cardinalities=cardinalities, log_target=log_target, ratios=ratios,
+                              projections=projections)
     y = train[target]
     if kind == "classification":
         values = sorted(y.unique(), key=lambda v: (0, float(v), "") if _is_number(v) else (1, 0.0, str(v)))
@@ -255,4 +260,48 @@ def add_ratios(frame: Any, ratios: Mapping[str, Sequence[str]]) -> Any:
     for name, (num, den) in ratios.items():
         value = pd.to_numeric(frame[num], errors="coerce") / pd.to_numeric(frame[den], errors="coerce")
         frame[name] = value.where(np.isfinite(value), np.nan)
+    return frame
+
+
+def _check_projections(projections: Mapping[str, Any] | None, features: list[str], categorical: list[str]) -> dict:
+    if not projections:
+        return {}
+    columns, n = list(projections.get("columns") or []), projections.get("directions")
+    extra = sorted(set(projections) - {"columns", "directions"})
+    if extra or len(columns) != 2 or any(c not in features or c in categorical for c in columns):
+        raise DataError(f"data.projections={dict(projections)}: give columns: [x, y], two numeric feature columns, and "
+                        "directions: n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 3:
+        raise DataError(f"data.projections.directions={n!r}: a whole number >= 3 (the two columns are 2 of the n "
+                        "directions)")
+    return {"columns": columns, "directions": n}
+
+
+def _projection_angles(projections: Mapping[str, Any]) -> list[float]:
+    """The n directions evenly spaced over 180 degrees, less the two columns' own (0 and 90 degrees)."""
+    n = projections["directions"]
+    return [k * 180.0 / n for k in range(1, n) if 2 * k != n]
+
+
+def projection_names(projections: Mapping[str, Any]) -> list[str]:
+    if not projections:
+        return []
+    x, y = projections["columns"]
+    return [f"{x}_{y}_{angle:g}deg" for angle in _projection_angles(projections)]
+
+
+def add_projections(frame: Any, projections: Mapping[str, Any]) -> Any:
+    """frame with x cos(a) + y sin(a) for each direction a of the (x, y) plane: trees split along one column at a time,
+    so a boundary running diagonally across longitude and latitude (a coast) takes many splits on the columns alone
+    and one on the column nearest its direction."""
+    import pandas as pd
+
+    if not projections:
+        return frame
+    xname, yname = projections["columns"]
+    x = pd.to_numeric(frame[xname], errors="coerce")
+    y = pd.to_numeric(frame[yname], errors="coerce")
+    for name, angle in zip(projection_names(projections), _projection_angles(projections)):
+        a = np.deg2rad(angle)
+        frame[name] = x * np.cos(a) + y * np.sin(a)
     return frame

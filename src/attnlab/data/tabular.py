@@ -43,6 +43,7 @@ class TabularDataModule(L.LightningDataModule):
         features: list[str] | None = None,
         categorical: list[str] | None = None,
         ratios: dict[str, list[str]] | None = None,
+        projections: dict[str, Any] | None = None,
         file_feature: str | None = None,
         val_file: str | None = None,
         test_file: str | None = None,
@@ -85,6 +86,7 @@ class TabularDataModule(L.LightningDataModule):
         self.features = list(features) if features else None
         self.categorical = list(categorical) if categorical is not None else None
         self.ratios = {k: list(v) for k, v in (ratios or {}).items()}
+        self.projections = dict(projections or {})
         self.file_feature = file_feature
         self.val_file, self.test_file = val_file, test_file
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
@@ -132,7 +134,7 @@ class TabularDataModule(L.LightningDataModule):
                 train, target=self.target, kind=self.kind, features=self._feature_names(train),
                 categorical=self.categorical, impute=self.impute, missing_indicator=self.missing_indicator,
                 encoding=self.categorical_encoding, log_target=self.log_target, ratios=self.ratios,
-                scaler=self.scaler, seed=self.split_seed)
+                scaler=self.scaler, seed=self.split_seed, projections=self.projections)
         return self.prep
 
     # -- reading and splitting --------------------------------------------------------------------------------------
