@@ -15,12 +15,10 @@ end. Traffic goes to 127.0.0.1 only. The last line is one JSON object (`throughp
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import json
 import os
-import platform
 import signal
 import socket
 import statistics

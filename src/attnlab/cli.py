@@ -294,7 +294,6 @@ def script_settings(argv: list[str], defaults: dict[str, Any], *, usage: str) ->
     return args
 
 
-
 def cpu_name() -> str:
     """lscpu's model name, its widest vector extension and the core count: what the scripts/ benchmarks print."""
     import platform
@@ -325,6 +324,7 @@ def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, f
             call()
             spent[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(ms) for name, ms in spent.items()}
+
 
 REGISTRY_USAGE = """usage: python app/registry.py <command> key=value ...   (or attnlab-registry <command> ...)
   register run=<run dir> name=<model> [alias=<alias>]   the run as the model's next version (MLflow model registry)
