@@ -70,3 +70,16 @@ def test_a_new_option_appears_without_an_edit(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLAB_CONF_DIR", str(tmp_path))
     groups = listed(config_help("train", prog="attnlab-train"))
     assert groups["model"][-1] == "zz_new" and groups["newgroup"] == ["a"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")
+                                          if "script_settings(" in p.read_text()))
+def test_key_value_scripts_answer_help_with_their_docstring_and_keys(script):
+    out = subprocess.run([sys.executable, f"scripts/{script}", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "expected key=value" not in out.stdout + out.stderr
+    if "keys (defaults):" in out.stdout:  # attnlab.cli.script_settings' help (scripts with argparse print their own)
+        assert out.stdout.split("keys (defaults):")[0].strip(), "the script's docstring is printed above its keys"
+    else:
+        assert "usage:" in out.stdout, out.stdout

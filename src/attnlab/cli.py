@@ -279,7 +279,13 @@ def script_fail(message: str) -> NoReturn:
 
 def script_settings(argv: list[str], defaults: dict[str, Any], *, usage: str) -> dict[str, Any]:
     """The key=value arguments of a scripts/ command over `defaults`, each converted to its default's type (a None
-    default keeps the text); an unknown key, a value of the wrong type or a missing `run` is one line and exit 2."""
+    default keeps the text); an unknown key, a value of the wrong type or a missing `run` is one line and exit 2.
+    -h / --help prints the script's docstring and its keys with their defaults, and exits 0."""
+    if {"-h", "--help"} & set(argv):
+        doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+        keys = "\n".join(f"  {key}={'' if value is None else value}" for key, value in defaults.items())
+        print(f"{doc or 'usage: ' + usage}\n\nkeys (defaults):\n{keys}")
+        raise SystemExit(0)
     args = dict(defaults)
     for item in argv:
         key, eq, value = item.partition("=")

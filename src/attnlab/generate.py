@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab.errors import ConfigError
+from attnlab.tasks import task_name
 from attnlab.tasks.language_modeling import checked_samples
 
 log = logging.getLogger("attnlab")
@@ -26,7 +27,7 @@ def generate(cfg: DictConfig) -> list[str]:
     if loaded.tokenizer is None or not hasattr(loaded.model, "generate"):
         raise ConfigError(
             f"{loaded.run_dir} is not a language-model run: its model ({type(loaded.model).__name__}, task "
-            f"{loaded.cfg.task._target_.rsplit('.', 1)[-1]}) cannot generate text; pass a run trained with "
+            f"{task_name(loaded.cfg)}) cannot generate text; pass a run trained with "
             "task=language_modeling (e.g. experiment=tinystories_gpt)"
         )
     model = loaded.model.to(cfg.device) if cfg.get("device") else loaded.model

@@ -15,6 +15,7 @@ from rich.progress import track
 from attnlab import runs
 from attnlab.errors import ConfigError, DataError
 from attnlab.models.decoding import Hypothesis, beam_search, greedy
+from attnlab.tasks import task_name
 
 log = logging.getLogger("attnlab")
 
@@ -76,7 +77,7 @@ def translate(cfg: DictConfig) -> list[list[tuple[str, float | None]]]:
         raise ConfigError('give one of text="<sentence>" or input=<file> (one sentence a line)')
     loaded = runs.load_model(cfg.run, str(cfg.ckpt))
     if not hasattr(loaded.preprocess, "decode_target"):
-        raise ConfigError(f"{loaded.run_dir} is not a translation run (task {loaded.cfg.task._target_.rsplit('.', 1)[-1]}); "
+        raise ConfigError(f"{loaded.run_dir} is not a translation run (task {task_name(loaded.cfg)}); "
                           "pass a run of a translation experiment, e.g. experiment=multi30k_transformer")
     if cfg.get("device"):
         loaded.model.to(cfg.device)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from attnlab.errors import ConfigError, RunError
 from attnlab.runs import registry
 from attnlab.runs.directory import CHECKPOINTS, CONFIG, MANIFEST, METRICS, read_json, require_run
+from attnlab.tasks import task_name
 
 log = logging.getLogger("attnlab")
 AUDIT = "audit"  # a version's tag: the JSON list of its promotions (alias, by, at, the version that held it before)
@@ -44,7 +45,7 @@ def register(run_dir: str | Path, name: str, *, alias: str | None = None, store:
     tags = {
         "run_id": str(manifest.get("run_id") or run.name), "run_dir": str(run), "git_commit": str(git.get("commit")),
         "git_dirty": str(git.get("dirty")), "seed": str(manifest.get("seed")), "experiment": str(cfg.get("name")),
-        "task": str(cfg.task._target_).rsplit(".", 1)[-1], "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+        "task": task_name(cfg), "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
         "checkpoint": best.name if best else registry.ESTIMATOR, "registered_by": registry.user(), "registered_at": registry.now(),
         **{f"data.{k}": registry.tag_value(v, 500) for k, v in sorted(loaded.facts.items())},
         **{k: repr(float(v)) for k, v in test.items()},
