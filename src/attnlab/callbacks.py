@@ -133,6 +133,74 @@ class Throughput(Callback):
                 pl_module.log("train/tokens_per_sec", self._tokens / elapsed)
 
 
+class ScheduleWithinMaxTime(Callback):
+    """With `trainer.max_time` set, a step-based decay (the cosine schedule) is planned over the steps that fit in that
+    time on this machine, not over `max_epochs`: a time-budgeted recipe then ends its decay when the time does, on a
+    slow CPU and a fast one alike (planned over max_epochs, a run stopped by max_time ends with the learning rate still
+    high). From `after_steps` steps on, at every `every_steps` steps and every epoch's end, the steps left are
+    estimated from the time per step so far (validation and data loading included) and the plan follows it, never
+    past the one max_epochs gives; a run that fits max_time keeps its plan. One log line at the first change and at
+    every epoch's end."""
+
+    def __init__(self, after_steps: int = 50, every_steps: int = 50, margin: float = 0.02) -> None:
+        if after_steps < 1 or every_steps < 1 or not 0.0 <= margin < 0.5:
+            raise ConfigError("schedule_within_max_time: after_steps and every_steps >= 1, margin in [0, 0.5)")
+        self.after_steps, self.every_steps, self.margin = after_steps, every_steps, margin
+        self._warned = False
+
+    @staticmethod
+    def steps_that_fit(step: int, elapsed: float, remaining: float, margin: float = 0.0) -> int:
+        """The total steps a run at `step` after `elapsed` seconds reaches in `remaining` more (less margin of all)."""
+        per_step = elapsed / max(step, 1)
+        return step + int(max(remaining - margin * (elapsed + remaining), 0.0) / per_step) if per_step > 0 else step
+
+    def _scheduler(self, trainer: L.Trainer) -> Any:
+        configs = getattr(trainer, "lr_scheduler_configs", None) or []
+        scheduler = configs[0].scheduler if configs else None
+        if scheduler is not None and hasattr(scheduler, "replan"):
+            return scheduler
+        if not self._warned:
+            self._warned = True
+            log.warning("schedule_within_max_time: the schedule (%s) cannot be re-planned; only scheduler=cosine can",
+                        type(scheduler).__name__ if scheduler is not None else "none")
+        return None
+
+    def _timer(self, trainer: L.Trainer) -> Any:
+        from lightning.pytorch.callbacks import Timer
+
+        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration is not None), None)
+
+    def _replan(self, trainer: L.Trainer, *, say: bool) -> None:
+        timer = self._timer(trainer)
+        step = trainer.global_step
+        if timer is None or step < self.after_steps:
+            return
+        scheduler = self._scheduler(trainer)
+        if scheduler is None:
+            return
+        planned = self._planned = getattr(self, "_planned", None) or scheduler.total_steps  # max_epochs' plan
+        fits = min(self.steps_that_fit(step, timer.time_elapsed("train"), timer.time_remaining("train"), self.margin),
+                   planned)
+        fits = int(trainer.strategy.broadcast(fits, src=0))  # one plan for every process (DDP: the same lr everywhere)
+        if fits == scheduler.total_steps:
+            return
+        first = fits < planned and not getattr(self, "_replanned", False)
+        before = scheduler.total_steps
+        scheduler.replan(fits)
+        self._replanned = True
+        if (first or say) and trainer.is_global_zero:
+            log.info("schedule_within_max_time: the decay planned over %d steps now ends at step %d (%d done, the "
+                     "rest of max_time at the pace so far)", before, scheduler.total_steps, step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.after_steps or (trainer.global_step > self.after_steps
+                                                       and trainer.global_step % self.every_steps == 0):
+            self._replan(trainer, say=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replan(trainer, say=True)
+
+
 class EpochSummary(Callback):
     """One log line per epoch with the epoch's metrics, the time it took and the estimated time left: progress in
     log files, where no progress bar draws."""

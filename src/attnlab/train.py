@@ -18,7 +18,8 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from attnlab import build, classical, runs, sweeps
 from attnlab.adapters import ADAPTER_DIR, is_peft, parameter_counts, save_adapter
-from attnlab.callbacks import AverageCheckpoints, EpochSeed, TrialPruning, trial_pruning, without_validation
+from attnlab.callbacks import (AverageCheckpoints, EpochSeed, ScheduleWithinMaxTime, TrialPruning, trial_pruning,
+                               without_validation)
 from attnlab.config import is_multirun, repo_root
 from attnlab.errors import ConfigError, RunError
 from attnlab.tracking import HistoryLogger, finish_tracker_runs, tracker_ids
@@ -131,8 +132,12 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     )
     callbacks = [build.instantiate(node, f"callbacks.{key}") for key, node in without_validation(cfg).items()]
     averaging = [AverageCheckpoints(int(cfg.average_last))] if cfg.get("average_last") else []
+    if cfg.get("schedule_within_max_time") and not cfg.trainer.get("max_time"):
+        raise ConfigError("schedule_within_max_time=true plans the decay over trainer.max_time; set it, e.g. "
+                          'trainer.max_time="00:01:00:00"')
+    within = [ScheduleWithinMaxTime()] if cfg.get("schedule_within_max_time") else []
     kept = [c for c in callbacks if not isinstance(c, switched_off)]
-    return kept + [EpochSeed(cfg.seed), *averaging, *trial_pruning(cfg)]
+    return kept + [EpochSeed(cfg.seed), *averaging, *within, *trial_pruning(cfg)]
 
 
 def cpu_has_native_bf16() -> bool | None:

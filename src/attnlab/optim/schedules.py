@@ -10,6 +10,9 @@ with every schedule. Epoch-based ones (`step`, `plateau`), `inverse_sqrt` and `n
 run continues on the schedule planned over the new length, from that step, as a run of that length would have been
 at that step; the learning rate jumps there (a warning says from where to where). To start a fresh schedule on
 trained weights instead, start a new run from them.
+
+A run stopped by `trainer.max_time` before max_epochs ends its cosine decay early unless `schedule_within_max_time=true`
+(attnlab.callbacks.ScheduleWithinMaxTime) re-plans it over the steps that fit in the time (`_Cosine.replan`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ class _Cosine(_KeepsThisRunsPlan, LambdaLR):
         self.total_steps = total_steps  # saved in checkpoints (the lambda is not), to tell a re-planned run
         super().__init__(optimizer, factor)
 
+    def replan(self, total_steps: int) -> None:
+        """Plan over `total_steps` from the step reached (warm-up and decay as a run of that length has them; the lr
+        moves to that plan's at the next step): attnlab.callbacks.ScheduleWithinMaxTime shortens the plan to the steps
+        that fit in trainer.max_time."""
+        self.total_steps = max(int(total_steps), self.last_epoch + 1)
+
 
 class _OneCycle(_KeepsThisRunsPlan, OneCycleLR):
     _plan = ("total_steps", "_schedule_phases")  # torch stores the phase boundaries in steps as well
@@ -63,15 +72,19 @@ def cosine(optimizer: Optimizer, *, total_steps: int, warmup_fraction: float = 0
     """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio` x lr (step-based)."""
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-    warmup = int(warmup_fraction * total_steps)
+    planned: list[_Cosine] = []  # the scheduler, once made: its total_steps may be re-planned (`_Cosine.replan`)
 
     def factor(step: int) -> float:
+        total = planned[0].total_steps if planned else total_steps
+        warmup = int(warmup_fraction * total)
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return {"scheduler": _Cosine(optimizer, factor, total_steps=total_steps), "interval": "step", "name": "train/lr"}
+    scheduler = _Cosine(optimizer, factor, total_steps=total_steps)
+    planned.append(scheduler)
+    return {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
 
 
 def onecycle(
