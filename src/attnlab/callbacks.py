@@ -146,7 +146,8 @@ class ScheduleWithinMaxTime(Callback):
         if after_steps < 1 or every_steps < 1 or not 0.0 <= margin < 0.5:
             raise ConfigError("schedule_within_max_time: after_steps and every_steps >= 1, margin in [0, 0.5)")
         self.after_steps, self.every_steps, self.margin = after_steps, every_steps, margin
-        self._warned = False
+        self._warned = self._replanned = False
+        self._planned: int | None = None  # max_epochs' plan, read at the first estimate
 
     @staticmethod
     def steps_that_fit(step: int, elapsed: float, remaining: float, margin: float = 0.0) -> int:
@@ -178,13 +179,13 @@ class ScheduleWithinMaxTime(Callback):
         scheduler = self._scheduler(trainer)
         if scheduler is None:
             return
-        planned = self._planned = getattr(self, "_planned", None) or scheduler.total_steps  # max_epochs' plan
+        planned = self._planned = self._planned or scheduler.total_steps
         fits = min(self.steps_that_fit(step, timer.time_elapsed("train"), timer.time_remaining("train"), self.margin),
                    planned)
         fits = int(trainer.strategy.broadcast(fits, src=0))  # one plan for every process (DDP: the same lr everywhere)
         if fits == scheduler.total_steps:
             return
-        first = fits < planned and not getattr(self, "_replanned", False)
+        first = fits < planned and not self._replanned
         before = scheduler.total_steps
         scheduler.replan(fits)
         self._replanned = True
