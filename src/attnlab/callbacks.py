@@ -147,7 +147,6 @@ class ScheduleWithinMaxTime(Callback):
             raise ConfigError("schedule_within_max_time: after_steps and every_steps >= 1, margin in [0, 0.5)")
         self.after_steps, self.every_steps, self.margin = after_steps, every_steps, margin
         self._warned = self._replanned = False
-        self._planned: int | None = None  # max_epochs' plan, read at the first estimate
 
     @staticmethod
     def steps_that_fit(step: int, elapsed: float, remaining: float, margin: float = 0.0) -> int:
@@ -156,8 +155,7 @@ class ScheduleWithinMaxTime(Callback):
         return step + int(max(remaining - margin * (elapsed + remaining), 0.0) / per_step) if per_step > 0 else step
 
     def _scheduler(self, trainer: L.Trainer) -> Any:
-        configs = getattr(trainer, "lr_scheduler_configs", None) or []
-        scheduler = configs[0].scheduler if configs else None
+        scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         if scheduler is not None and hasattr(scheduler, "replan"):
             return scheduler
         if not self._warned:
@@ -169,7 +167,7 @@ class ScheduleWithinMaxTime(Callback):
     def _timer(self, trainer: L.Trainer) -> Any:
         from lightning.pytorch.callbacks import Timer
 
-        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration is not None), None)
+        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None)
 
     def _replan(self, trainer: L.Trainer, *, say: bool) -> None:
         timer = self._timer(trainer)
@@ -179,7 +177,7 @@ class ScheduleWithinMaxTime(Callback):
         scheduler = self._scheduler(trainer)
         if scheduler is None:
             return
-        planned = self._planned = self._planned or scheduler.total_steps
+        planned = int(trainer.estimated_stepping_batches)  # max_epochs' plan, the one the task gave the schedule
         fits = min(self.steps_that_fit(step, timer.time_elapsed("train"), timer.time_remaining("train"), self.margin),
                    planned)
         fits = int(trainer.strategy.broadcast(fits, src=0))  # one plan for every process (DDP: the same lr everywhere)

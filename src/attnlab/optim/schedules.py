@@ -59,8 +59,8 @@ class _Cosine(_KeepsThisRunsPlan, LambdaLR):
 
     def replan(self, total_steps: int) -> None:
         """Plan over `total_steps` from the step reached (warm-up and decay as a run of that length has them; the lr
-        moves to that plan's at the next step): attnlab.callbacks.ScheduleWithinMaxTime shortens the plan to the steps
-        that fit in trainer.max_time."""
+        moves to that plan's at the next step): attnlab.callbacks.ScheduleWithinMaxTime sets it to the steps that fit in
+        trainer.max_time."""
         self.total_steps = max(int(total_steps), self.last_epoch + 1)
 
 
